@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Local control plane for the end-to-end tests and the demo: etcd,
+# kube-apiserver and kube-controller-manager built from Go modules, and a moto
+# server as the STS endpoint, all on free loopback ports.
+#
+#   hack/cluster.sh build            build or reuse the cached binaries
+#   hack/cluster.sh up   [STATE_DIR] start everything, write STATE_DIR/env
+#   hack/cluster.sh down [STATE_DIR] stop everything that `up` started, by PID
+#   hack/cluster.sh env  [STATE_DIR] print the environment for kubectl and the SDKs
+#
+# Binaries are cached under $ARO_CACHE (default ~/.cache/assumed-role-operator),
+# keyed by version, so only the first run pays for the build.
+set -euo pipefail
+
+K8S_VERSION=1.36.3
+ETCD_VERSION=3.6.16
+HELM_VERSION=3.19.5
+MOTO_VERSION=5.2.5
+BOTO3_VERSION=1.44.5
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${ARO_CACHE:-$HOME/.cache/assumed-role-operator}"
+K8S_BIN="$CACHE/k8s-v$K8S_VERSION/bin"
+ETCD_BIN="$CACHE/etcd-v$ETCD_VERSION/bin"
+HELM_BIN="$CACHE/helm-v$HELM_VERSION/bin"
+VENV="$CACHE/venv-moto-$MOTO_VERSION-boto3-$BOTO3_VERSION"
+STATE="${2:-$ROOT/.cluster}"
+
+# The account that moto reports for every identity it issues.
+AWS_ACCOUNT=123456789012
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need() {
+  local missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (install them first; see README.md)"
+}
+
+# Runs "$@" and logs how long it took under the label $1.
+timed() {
+  local label=$1 start=$SECONDS; shift
+  log "$label ..."
+  "$@"
+  log "$label done in $((SECONDS - start)) s"
+}
+
+go_build() { # module_dir out_dir version_ldflags packages...
+  local module=$1 out=$2 ldflags=$3; shift 3
+  local tmp="$out.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$ROOT/hack/tools/$module" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
+  rm -rf "$out"; mv "$tmp" "$out"
+}
+
+k8s_ldflags() {
+  local v=v$K8S_VERSION major=${K8S_VERSION%%.*} minor; minor=${K8S_VERSION#*.}; minor=${minor%%.*}
+  local flags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+build() {
+  need go python3 openssl curl
+  local begin=$SECONDS
+  if [[ -x $ETCD_BIN/server ]]; then log "etcd v$ETCD_VERSION: cached in $ETCD_BIN"
+  else timed "building etcd v$ETCD_VERSION (first run only)" go_build etcd "$ETCD_BIN" "" go.etcd.io/etcd/server/v3; fi
+  if [[ -x $K8S_BIN/kube-apiserver && -x $K8S_BIN/kube-controller-manager && -x $K8S_BIN/kubectl ]]; then
+    log "kubernetes v$K8S_VERSION: cached in $K8S_BIN"
+  else
+    timed "building kube-apiserver, kube-controller-manager and kubectl v$K8S_VERSION (first run only, several minutes)" \
+      go_build kubernetes "$K8S_BIN" "$(k8s_ldflags)" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+  fi
+  if [[ -x $HELM_BIN/helm ]]; then log "helm v$HELM_VERSION: cached in $HELM_BIN"
+  else timed "building helm v$HELM_VERSION (first run only)" go_build helm "$HELM_BIN" \
+      "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" helm.sh/helm/v3/cmd/helm; fi
+  if [[ -f $VENV/.complete ]]; then log "moto $MOTO_VERSION: cached in $VENV"
+  else timed "installing moto[server]==$MOTO_VERSION and boto3==$BOTO3_VERSION (first run only)" install_venv; fi
+  log "all components ready in $((SECONDS - begin)) s"
+}
+
+install_venv() {
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION"
+  touch "$VENV/.complete"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Polls until "$@" succeeds, at most $1 seconds.
+wait_for() {
+  local limit=$1 what=$2; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "$what not ready after ${limit}s"
+    sleep 0.2
+  done
+}
+
+# Starts a process in the background, records its PID and logs to STATE/logs.
+start() {
+  local name=$1; shift
+  "$@" >"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/pids/$name"
+}
+
+certs() {
+  local d=$STATE/pki
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=assumed-role-operator-test-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  sign() { # name subject [san]
+    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
+    local ext=$d/$1.ext
+    if [[ -n ${3:-} ]]; then printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$3" >"$ext"
+    else printf 'extendedKeyUsage=clientAuth\n' >"$ext"; fi
+    openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 2 -extfile "$ext" -out "$d/$1.crt" 2>/dev/null
+  }
+  sign apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+  sign admin "/O=system:masters/CN=admin"
+  sign controller-manager "/CN=system:kube-controller-manager"
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+}
+
+kubeconfig() { # file user
+  local d=$STATE/pki
+  cat >"$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $d/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $d/$2.crt
+    client-key: $d/$2.key
+contexts:
+- name: local
+  context: {cluster: local, user: $2, namespace: default}
+current-context: local
+KC
+}
+
+up() {
+  need python3 openssl curl
+  build
+  [[ -e $STATE/pids ]] && down
+  rm -rf "$STATE"; mkdir -p "$STATE/logs" "$STATE/pids"
+  local begin=$SECONDS
+  ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); API_PORT=$(free_port)
+  KCM_PORT=$(free_port); MOTO_PORT=$(free_port)
+  certs
+  kubeconfig "$STATE/kubeconfig" admin
+  kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
+
+  log "starting etcd on 127.0.0.1:$ETCD_PORT"
+  start etcd "$ETCD_BIN/server" --name default --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
+  wait_for 30 etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+  log "starting kube-apiserver on 127.0.0.1:$API_PORT"
+  local p=$STATE/pki
+  start kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --secure-port "$API_PORT" \
+    --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
+    --authorization-mode Node,RBAC \
+    --client-ca-file "$p/ca.crt" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/24 --cert-dir "$STATE/apiserver" --profiling=false
+  wait_for 90 kube-apiserver curl -sf --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
+    "https://127.0.0.1:$API_PORT/readyz"
+
+  log "starting kube-controller-manager"
+  start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
+    --use-service-account-credentials \
+    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
+    --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
+    --leader-elect=false --profiling=false
+  wait_for 60 kube-controller-manager curl -skf "https://127.0.0.1:$KCM_PORT/healthz"
+
+  log "starting moto (STS and IAM) on 127.0.0.1:$MOTO_PORT"
+  start moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+  wait_for 30 moto curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
+
+  cat >"$STATE/env" <<ENV
+export PATH=$K8S_BIN:$HELM_BIN:\$PATH
+export KUBECONFIG=$STATE/kubeconfig
+export ARO_STATE=$STATE
+export ARO_HELM=$HELM_BIN/helm
+export ARO_PYTHON=$VENV/bin/python
+export ARO_AWS_ACCOUNT=$AWS_ACCOUNT
+export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
+export AWS_REGION=us-east-1
+export AWS_DEFAULT_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=AKIAOPERATORTESTKEY1
+export AWS_SECRET_ACCESS_KEY=operator-test-secret
+ENV
+  log "control plane and STS up in $((SECONDS - begin)) s; state in $STATE"
+  log "use it with: source $STATE/env"
+}
+
+down() {
+  [[ -d $STATE/pids ]] || return 0
+  local pid name
+  # Stop in reverse order of start, so the apiserver never loses etcd under it.
+  for name in moto kube-controller-manager kube-apiserver etcd; do
+    [[ -f $STATE/pids/$name ]] || continue
+    pid=$(<"$STATE/pids/$name")
+    if kill "$pid" 2>/dev/null; then
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$STATE/pids/$name"
+  done
+  log "stopped everything under $STATE"
+}
+
+case "${1:-}" in
+  build) build ;;
+  up) up ;;
+  down) down ;;
+  env) cat "$STATE/env" ;;
+  *) echo "usage: $0 build|up|down|env [STATE_DIR]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,670 @@
+//! The `AssumedRole` custom resource: its spec, its status, and the rules that
+//! keep a bad spec out.
+//!
+//! The rules live in two places on purpose. Those the schema or CEL can
+//! express are part of the generated CRD, so the API server rejects a bad
+//! object at admission with a message that names the field. The same checks,
+//! and those CEL cannot express (the inline policy being JSON), run again in
+//! [`AssumedRoleSpec::validate`], because a CRD can lag behind the operator
+//! and an object can predate a rule.
+
+use std::{collections::BTreeMap, sync::LazyLock};
+
+use jiff::SignedDuration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// The API group of the operator's resources.
+pub const GROUP: &str = "sts.refresh.dev";
+
+/// Shortest lifetime STS grants, in seconds.
+pub const MIN_DURATION_SECONDS: i32 = 900;
+/// Longest lifetime STS grants, in seconds (a role's own maximum may be lower).
+pub const MAX_DURATION_SECONDS: i32 = 43_200;
+/// Lifetime asked for when the spec names none.
+pub const DEFAULT_DURATION_SECONDS: i32 = 3_600;
+/// Where pods mount the Secret when the spec does not say.
+pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/aws";
+/// The profile written into the config file when the spec does not say.
+pub const DEFAULT_PROFILE: &str = "default";
+
+// The CEL rules and the Rust checks below are kept in step by the tests at the
+// bottom of this file, which run the CEL rules client-side.
+const ROLE_ARN_PATTERN: &str =
+    r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-~]{0,510}/)?[A-Za-z0-9+=,.@_-]{1,64}$";
+const POLICY_ARN_PATTERN: &str = r"^arn:aws(-cn|-us-gov)?:iam::([0-9]{12}|aws):policy/([!-~]{0,510}/)?[A-Za-z0-9+=,.@_-]{1,128}$";
+const SESSION_NAME_PATTERN: &str = r"^[A-Za-z0-9+=,.@_-]{2,64}$";
+const EXTERNAL_ID_PATTERN: &str = r"^[A-Za-z0-9+=,.@:/_-]+$";
+const DURATION_PATTERN: &str = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$";
+const TAG_KEY_PATTERN: &str = r"^[\p{L}\p{Z}\p{N}_.:/=+@-]+$";
+const TAG_VALUE_PATTERN: &str = r"^[\p{L}\p{Z}\p{N}_.:/=+@-]*$";
+
+/// Names an IAM role and says how to assume it and where to keep the
+/// credentials.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sts.refresh.dev",
+    version = "v1alpha1",
+    kind = "AssumedRole",
+    namespaced,
+    shortname = "ar",
+    status = "AssumedRoleStatus",
+    category = "aws",
+    cel,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.roleArn"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expirationTime"}"#,
+    printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.refreshTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("spec.refreshBefore and spec.refreshBeforePercentage are mutually exclusive: set one of them"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.transitiveTagKeys) || self.transitiveTagKeys.all(k, has(self.tags) && k in self.tags)").message("spec.transitiveTagKeys: every key must also be a key of spec.tags"))]
+#[serde(rename_all = "camelCase")]
+pub struct AssumedRoleSpec {
+    /// ARN of the IAM role to assume, for example
+    /// `arn:aws:iam::123456789012:role/billing-reader`. Partitions aws,
+    /// aws-cn and aws-us-gov; role paths are allowed.
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{ROLE_ARN_PATTERN}')")).message("spec.roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/name (partition aws, aws-cn or aws-us-gov)"))]
+    #[schemars(length(max = 2048))]
+    pub role_arn: String,
+
+    /// Lifetime to ask STS for, in seconds, from 900 to 43200. STS may grant
+    /// less: a role's maximum session duration, or one hour when chaining
+    /// roles. The refresh is always scheduled from what STS granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 900 && self <= 43200").message("spec.durationSeconds must be between 900 and 43200 seconds"))]
+    pub duration_seconds: Option<i32>,
+
+    /// Session name recorded in CloudTrail and in the assumed-role ARN.
+    /// Default: derived from the namespace and the name, fitted to STS's 2 to
+    /// 64 characters of `[A-Za-z0-9+=,.@_-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{SESSION_NAME_PATTERN}')")).message("spec.roleSessionName must be 2 to 64 characters of letters, digits and +=,.@_-"))]
+    #[schemars(length(max = 64))]
+    pub role_session_name: Option<String>,
+
+    /// External ID that the role's trust policy requires, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(format!("size(self) >= 2 && self.matches('{EXTERNAL_ID_PATTERN}')")).message("spec.externalId must be 2 to 1224 characters of letters, digits and +=,.@:/_-"))]
+    #[schemars(length(max = 1224))]
+    pub external_id: Option<String>,
+
+    /// Inline session policy, as a JSON document, that narrows the role's
+    /// permissions. At most 2048 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && size(self) <= 2048").message("spec.policy must be a JSON policy document of 1 to 2048 characters"))]
+    #[schemars(length(max = 2048))]
+    pub policy: Option<String>,
+
+    /// ARNs of managed policies that narrow the session's permissions. At
+    /// most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new(format!("size(self) <= 10 && self.all(a, a.matches('{POLICY_ARN_PATTERN}'))")).message("spec.policyArns must hold at most 10 IAM policy ARNs such as arn:aws:iam::aws:policy/ReadOnlyAccess"))]
+    #[schemars(length(max = 10), inner(length(max = 2048)))]
+    pub policy_arns: Vec<String>,
+
+    /// Session tags, passed to STS. At most 50.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("size(self) <= 50").message("spec.tags may hold at most 50 tags"))]
+    #[schemars(extend("maxProperties" = 50, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    pub tags: BTreeMap<String, String>,
+
+    /// Keys of `tags` that pass on to roles assumed later in a chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(max = 128)))]
+    pub transitive_tag_keys: Vec<String>,
+
+    /// Source identity to set on the session (2 to 64 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{SESSION_NAME_PATTERN}')")).message("spec.sourceIdentity must be 2 to 64 characters of letters, digits and +=,.@_-"))]
+    #[schemars(length(max = 64))]
+    pub source_identity: Option<String>,
+
+    /// Refresh this long before the credentials expire, as a duration such as
+    /// `20m` or `1h30m`. Never later than 5 minutes before expiry. Exclusive
+    /// with `refreshBeforePercentage`; when neither is set the credentials
+    /// are refreshed when a third of their lifetime remains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self != '' && self.matches('{DURATION_PATTERN}')")).message("spec.refreshBefore must be a duration of hours, minutes and seconds, such as 20m or 1h30m"))]
+    #[schemars(length(max = 32))]
+    pub refresh_before: Option<String>,
+
+    /// Refresh when this percentage of the credentials' lifetime remains
+    /// (1 to 99). Exclusive with `refreshBefore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 99").message("spec.refreshBeforePercentage must be between 1 and 99"))]
+    pub refresh_before_percentage: Option<i32>,
+
+    /// Where the credentials are written.
+    #[serde(default)]
+    pub secret: SecretTarget,
+
+    /// Stop refreshing. The Secret is left as it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// The Secret that receives the credentials.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTarget {
+    /// Name of the Secret, in the AssumedRole's namespace. Default: the
+    /// AssumedRole's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(self) <= 253").message("spec.secret.name must be a valid Secret name (lower-case DNS subdomain)"))]
+    #[schemars(length(max = 253))]
+    pub name: Option<String>,
+
+    /// Where pods mount the Secret. Written into the `config` key, whose
+    /// profile runs `cat <mountPath>/credential_process.json`. Default:
+    /// `/var/run/secrets/aws`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/') && !self.contains(' ') && !self.contains('\\n')").message("spec.secret.mountPath must be an absolute path without spaces"))]
+    #[schemars(length(max = 1024))]
+    pub mount_path: Option<String>,
+
+    /// Profile name in the `config` and `credentials` files. Default:
+    /// `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9_.-]{1,64}$')").message("spec.secret.profile must be 1 to 64 characters of letters, digits and _.-"))]
+    #[schemars(length(max = 64))]
+    pub profile: Option<String>,
+
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the operator last did and what it will do next.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssumedRoleStatus {
+    /// `Ready` says whether the Secret holds valid credentials for the
+    /// current spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the credentials in the Secret expire, as STS said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<Time>,
+    /// When the operator will next refresh them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_time: Option<Time>,
+    /// When the operator last obtained credentials from STS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+    /// When the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// Failed attempts since the last success; drives the backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_failures: i32,
+    /// ARN of the assumed-role session, as STS reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_role_arn: Option<String>,
+    /// Source identity of the session, if one was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<String>,
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// A spec that cannot be acted on, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidSpec {
+    /// Path of the offending field, such as `spec.roleArn`.
+    pub field: &'static str,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[allow(clippy::unwrap_used)] // the patterns are constants, checked by the tests below
+fn compiled(pattern: &str) -> Regex {
+    Regex::new(pattern).unwrap()
+}
+
+static ROLE_ARN: LazyLock<Regex> = LazyLock::new(|| compiled(ROLE_ARN_PATTERN));
+static POLICY_ARN: LazyLock<Regex> = LazyLock::new(|| compiled(POLICY_ARN_PATTERN));
+static SESSION_NAME: LazyLock<Regex> = LazyLock::new(|| compiled(SESSION_NAME_PATTERN));
+static EXTERNAL_ID: LazyLock<Regex> = LazyLock::new(|| compiled(EXTERNAL_ID_PATTERN));
+static TAG_KEY: LazyLock<Regex> = LazyLock::new(|| compiled(TAG_KEY_PATTERN));
+static TAG_VALUE: LazyLock<Regex> = LazyLock::new(|| compiled(TAG_VALUE_PATTERN));
+
+/// How far ahead of expiry the spec asks to refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshBefore {
+    /// When a third of the lifetime remains.
+    Default,
+    /// This long before expiry.
+    Duration(SignedDuration),
+    /// When this percentage of the lifetime remains.
+    Percentage(u8),
+}
+
+impl AssumedRoleSpec {
+    /// Checks everything the operator relies on, and names the first field at
+    /// fault.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        if !ROLE_ARN.is_match(&self.role_arn) {
+            return Err(invalid(
+                "spec.roleArn",
+                format!(
+                    "{:?} is not an IAM role ARN such as arn:aws:iam::123456789012:role/name",
+                    self.role_arn
+                ),
+            ));
+        }
+        let duration = self.duration_seconds();
+        if !(MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&duration) {
+            return Err(invalid(
+                "spec.durationSeconds",
+                format!("{duration} is outside {MIN_DURATION_SECONDS}..{MAX_DURATION_SECONDS}"),
+            ));
+        }
+        if let Some(name) = &self.role_session_name
+            && !SESSION_NAME.is_match(name)
+        {
+            return Err(invalid(
+                "spec.roleSessionName",
+                "must be 2 to 64 characters of letters, digits and +=,.@_-",
+            ));
+        }
+        if let Some(id) = &self.external_id
+            && (!(2..=1224).contains(&id.len()) || !EXTERNAL_ID.is_match(id))
+        {
+            // The external ID is a shared secret of sorts: never echo it.
+            return Err(invalid(
+                "spec.externalId",
+                "must be 2 to 1224 characters of letters, digits and +=,.@:/_-",
+            ));
+        }
+        if let Some(policy) = &self.policy {
+            if policy.is_empty() || policy.len() > 2048 {
+                return Err(invalid("spec.policy", "must be 1 to 2048 characters"));
+            }
+            match serde_json::from_str::<serde_json::Value>(policy) {
+                Ok(serde_json::Value::Object(_)) => {}
+                Ok(_) => return Err(invalid("spec.policy", "must be a JSON object")),
+                Err(e) => return Err(invalid("spec.policy", format!("is not valid JSON: {e}"))),
+            }
+        }
+        if self.policy_arns.len() > 10 {
+            return Err(invalid("spec.policyArns", "may hold at most 10 ARNs"));
+        }
+        if let Some(arn) = self.policy_arns.iter().find(|a| !POLICY_ARN.is_match(a)) {
+            return Err(invalid(
+                "spec.policyArns",
+                format!("{arn:?} is not an IAM policy ARN"),
+            ));
+        }
+        if self.tags.len() > 50 {
+            return Err(invalid("spec.tags", "may hold at most 50 tags"));
+        }
+        for (key, value) in &self.tags {
+            if key.chars().count() > 128 || !TAG_KEY.is_match(key) {
+                return Err(invalid(
+                    "spec.tags",
+                    format!("key {key:?} must be 1 to 128 letters, digits, spaces or _.:/=+-@"),
+                ));
+            }
+            if value.chars().count() > 256 || !TAG_VALUE.is_match(value) {
+                return Err(invalid(
+                    "spec.tags",
+                    format!(
+                        "value of {key:?} must be at most 256 letters, digits, spaces or _.:/=+-@"
+                    ),
+                ));
+            }
+        }
+        if let Some(key) = self
+            .transitive_tag_keys
+            .iter()
+            .find(|k| !self.tags.contains_key(*k))
+        {
+            return Err(invalid(
+                "spec.transitiveTagKeys",
+                format!("{key:?} is not a key of spec.tags"),
+            ));
+        }
+        if let Some(id) = &self.source_identity
+            && !SESSION_NAME.is_match(id)
+        {
+            return Err(invalid(
+                "spec.sourceIdentity",
+                "must be 2 to 64 characters of letters, digits and +=,.@_-",
+            ));
+        }
+        self.refresh_before()?;
+        if let Some(path) = &self.secret.mount_path
+            && (!path.starts_with('/') || path.contains(char::is_whitespace))
+        {
+            return Err(invalid(
+                "spec.secret.mountPath",
+                "must be an absolute path without spaces",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lifetime to ask STS for.
+    pub fn duration_seconds(&self) -> i32 {
+        self.duration_seconds.unwrap_or(DEFAULT_DURATION_SECONDS)
+    }
+
+    /// The refresh setting, parsed.
+    pub fn refresh_before(&self) -> Result<RefreshBefore, InvalidSpec> {
+        match (&self.refresh_before, self.refresh_before_percentage) {
+            (Some(_), Some(_)) => Err(invalid(
+                "spec.refreshBefore",
+                "is exclusive with spec.refreshBeforePercentage: set one of them",
+            )),
+            (Some(text), None) => parse_duration(text)
+                .map(RefreshBefore::Duration)
+                .ok_or_else(|| {
+                    invalid(
+                        "spec.refreshBefore",
+                        format!("{text:?} is not a duration such as 20m or 1h30m"),
+                    )
+                }),
+            (None, Some(p)) => u8::try_from(p)
+                .ok()
+                .filter(|p| (1..=99).contains(p))
+                .map(RefreshBefore::Percentage)
+                .ok_or_else(|| {
+                    invalid(
+                        "spec.refreshBeforePercentage",
+                        format!("{p} is outside 1..99"),
+                    )
+                }),
+            (None, None) => Ok(RefreshBefore::Default),
+        }
+    }
+
+    /// Where pods mount the Secret.
+    pub fn mount_path(&self) -> &str {
+        self.secret
+            .mount_path
+            .as_deref()
+            .unwrap_or(DEFAULT_MOUNT_PATH)
+            .trim_end_matches('/')
+    }
+
+    /// The profile name written into the config files.
+    pub fn profile(&self) -> &str {
+        self.secret.profile.as_deref().unwrap_or(DEFAULT_PROFILE)
+    }
+}
+
+/// Parses a duration of whole hours, minutes and seconds, in that order, such
+/// as `1h30m` or `890s`. Returns `None` for anything else, including zero.
+pub fn parse_duration(text: &str) -> Option<SignedDuration> {
+    let mut rest = text;
+    let mut total: i64 = 0;
+    let mut last_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let value: i64 = rest[..digits].parse().ok()?;
+        let (unit, rank) = match rest[digits..].chars().next()? {
+            'h' => (3600, 1),
+            'm' => (60, 2),
+            's' => (1, 3),
+            _ => return None,
+        };
+        if rank <= last_unit {
+            return None;
+        }
+        last_unit = rank;
+        total = total.checked_add(value.checked_mul(unit)?)?;
+        rest = &rest[digits + 1..];
+    }
+    (total > 0).then(|| SignedDuration::from_secs(total))
+}
+
+impl AssumedRole {
+    /// Name of the Secret that receives the credentials.
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret
+            .name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The session name: the spec's, or one derived from namespace and name.
+    pub fn role_session_name(&self) -> String {
+        self.spec.role_session_name.clone().unwrap_or_else(|| {
+            default_session_name(
+                self.metadata.namespace.as_deref().unwrap_or_default(),
+                self.metadata.name.as_deref().unwrap_or_default(),
+            )
+        })
+    }
+}
+
+/// Derives a session name from namespace and name that fits STS's rules:
+/// 2 to 64 characters of `[A-Za-z0-9+=,.@_-]`. Names that do not fit are
+/// shortened and end in a short hash, so that two long names stay apart.
+pub fn default_session_name(namespace: &str, name: &str) -> String {
+    let full = format!("{namespace}.{name}");
+    let cleaned: String = full
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let fitted = if cleaned.len() <= 64 {
+        cleaned
+    } else {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(full.as_bytes()));
+        format!("{}-{}", &cleaned[..55], &digest[..8])
+    };
+    if fitted.len() < 2 {
+        format!("{fitted}--")
+    } else {
+        fitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    fn spec(extra: serde_json::Value) -> serde_json::Value {
+        let mut spec = json!({"roleArn": "arn:aws:iam::123456789012:role/reader"});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        spec
+    }
+
+    /// Runs the CRD's own CEL rules on a spec, as the API server would.
+    fn cel(spec: serde_json::Value) -> Result<(), String> {
+        let crd = AssumedRole::crd();
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref()),
+        )
+        .map_err(|e| e.to_string())?;
+        let object = json!({"apiVersion": "sts.refresh.dev/v1alpha1", "kind": "AssumedRole",
+            "metadata": {"name": "x", "namespace": "y"}, "spec": spec});
+        kube::core::cel::Validator::new()
+            .validate(&schema, &object, None)
+            .map_err(|e| e.to_string())
+    }
+
+    fn rust(spec: serde_json::Value) -> Result<(), InvalidSpec> {
+        let spec: AssumedRoleSpec =
+            serde_json::from_value(spec).map_err(|e| invalid("spec", e.to_string()))?;
+        spec.validate()
+    }
+
+    #[test]
+    fn valid_role_arns_pass_both_cel_and_rust() {
+        for arn in [
+            "arn:aws:iam::123456789012:role/reader",
+            "arn:aws-cn:iam::123456789012:role/reader",
+            "arn:aws-us-gov:iam::123456789012:role/reader",
+            "arn:aws:iam::123456789012:role/team/app/service-role+x=,.@_-",
+        ] {
+            let s = json!({"roleArn": arn});
+            assert_eq!(cel(s.clone()), Ok(()), "{arn}");
+            assert_eq!(rust(s), Ok(()), "{arn}");
+        }
+    }
+
+    #[test]
+    fn bad_role_arns_are_rejected_by_cel_and_rust_naming_the_field() {
+        for arn in [
+            "",
+            "reader",
+            "arn:aws:iam::12345:role/reader",
+            "arn:aws:iam::123456789012:user/reader",
+            "arn:aws:s3:::bucket",
+            "arn:aws-xx:iam::123456789012:role/reader",
+            "arn:aws:iam::123456789012:role/",
+        ] {
+            let s = json!({"roleArn": arn});
+            let err = cel(s.clone()).expect_err(arn);
+            assert!(err.contains("spec.roleArn"), "{err}");
+            assert_eq!(rust(s).map_err(|e| e.field), Err("spec.roleArn"), "{arn}");
+        }
+    }
+
+    #[test]
+    fn duration_outside_sts_limits_is_rejected() {
+        for (d, ok) in [
+            (899, false),
+            (900, true),
+            (3600, true),
+            (43200, true),
+            (43201, false),
+            (100, false),
+        ] {
+            let s = spec(json!({"durationSeconds": d}));
+            assert_eq!(cel(s.clone()).is_ok(), ok, "{d}");
+            assert_eq!(rust(s).is_ok(), ok, "{d}");
+        }
+        let err = cel(spec(json!({"durationSeconds": 100}))).expect_err("100 s");
+        assert!(err.contains("spec.durationSeconds"), "{err}");
+    }
+
+    #[test]
+    fn refresh_before_and_percentage_are_exclusive() {
+        let both = spec(json!({"refreshBefore": "20m", "refreshBeforePercentage": 30}));
+        let err = cel(both.clone()).expect_err("both");
+        assert!(err.contains("mutually exclusive"), "{err}");
+        assert_eq!(rust(both).map_err(|e| e.field), Err("spec.refreshBefore"));
+        assert_eq!(cel(spec(json!({"refreshBefore": "1h30m"}))), Ok(()));
+        assert_eq!(cel(spec(json!({"refreshBeforePercentage": 30}))), Ok(()));
+    }
+
+    #[test]
+    fn durations_parse_in_hour_minute_second_order() {
+        assert_eq!(parse_duration("20m"), Some(SignedDuration::from_mins(20)));
+        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
+        assert_eq!(
+            parse_duration("1h2m3s"),
+            Some(SignedDuration::from_secs(3723))
+        );
+        for bad in ["", "0s", "m", "20", "5m1h", "1.5h", "-5m", "20 m", "1d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert!(cel(spec(json!({"refreshBefore": "5m1h"}))).is_err());
+    }
+
+    #[test]
+    fn policy_must_be_a_json_object() {
+        assert_eq!(
+            rust(spec(json!({"policy": "{\"Version\":\"2012-10-17\"}"}))),
+            Ok(())
+        );
+        assert_eq!(
+            rust(spec(json!({"policy": "{not json"}))).map_err(|e| e.field),
+            Err("spec.policy")
+        );
+        assert_eq!(
+            rust(spec(json!({"policy": "[1]"}))).map_err(|e| e.field),
+            Err("spec.policy")
+        );
+    }
+
+    #[test]
+    fn transitive_tag_keys_must_be_tags() {
+        let s = spec(json!({"tags": {"team": "billing"}, "transitiveTagKeys": ["team"]}));
+        assert_eq!(cel(s.clone()), Ok(()));
+        assert_eq!(rust(s), Ok(()));
+        let s = spec(json!({"tags": {"team": "billing"}, "transitiveTagKeys": ["owner"]}));
+        assert!(cel(s.clone()).is_err());
+        assert_eq!(rust(s).map_err(|e| e.field), Err("spec.transitiveTagKeys"));
+    }
+
+    #[test]
+    fn policy_arns_session_names_and_external_ids_follow_sts_rules() {
+        assert_eq!(
+            cel(spec(
+                json!({"policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]})
+            )),
+            Ok(())
+        );
+        assert!(cel(spec(json!({"policyArns": ["ReadOnlyAccess"]}))).is_err());
+        assert_eq!(
+            rust(spec(json!({"policyArns": ["ReadOnlyAccess"]}))).map_err(|e| e.field),
+            Err("spec.policyArns")
+        );
+        assert!(cel(spec(json!({"roleSessionName": "has space"}))).is_err());
+        assert_eq!(
+            rust(spec(json!({"roleSessionName": "x"}))).map_err(|e| e.field),
+            Err("spec.roleSessionName")
+        );
+        assert!(cel(spec(json!({"externalId": "x"}))).is_err());
+        assert_eq!(rust(spec(json!({"externalId": "tenant:42/a"}))), Ok(()));
+        assert!(cel(spec(json!({"secret": {"mountPath": "relative"}}))).is_err());
+        assert!(cel(spec(json!({"secret": {"name": "Not_A_Name"}}))).is_err());
+    }
+
+    #[test]
+    fn default_session_names_fit_sts_rules() {
+        assert_eq!(default_session_name("billing", "reader"), "billing.reader");
+        let long = default_session_name(&"n".repeat(63), &"r".repeat(253));
+        assert_eq!(long.len(), 64);
+        assert!(SESSION_NAME.is_match(&long));
+        assert_ne!(
+            long,
+            default_session_name(&"n".repeat(63), &"r".repeat(252))
+        );
+        assert!(SESSION_NAME.is_match(&default_session_name("", "")));
+    }
+}

@@ -1,0 +1,696 @@
+//! The controller: wiring, [`reconcile`], [`error_policy`] and the
+//! [`Context`] they share. This module and [`crate::sts`] are the only places
+//! with effects; every decision is made by the pure modules.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        predicates, reflector, watcher,
+    },
+};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, Result,
+    api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
+    schedule::{self, Adjustment, Refresh},
+    secret::{self, Observed},
+    sts::{AssumeRoleRequest, AssumedSession, Credentials, Sts, StsError},
+};
+
+/// Field manager for every write the operator makes.
+pub const FIELD_MANAGER: &str = "assumed-role-operator";
+/// Name of the Secret, in the operator's namespace, that holds the key for
+/// the data HMAC.
+pub const HMAC_KEY_SECRET: &str = "assumed-role-operator-hmac-key";
+/// Restores of one set of credentials before the operator concludes that
+/// another writer is fighting it and stops.
+pub const MAX_RESTORES: u32 = 3;
+
+/// The condition type that says whether the Secret is good to use.
+pub const READY: &str = "Ready";
+/// The condition type that says a refresh setting was adjusted.
+pub const REFRESH_ADJUSTED: &str = "RefreshAdjusted";
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The STS client.
+    pub sts: Arc<dyn Sts>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Key of the data HMAC.
+    pub hmac_key: Vec<u8>,
+    /// The latest credentials per AssumedRole UID, so that a deleted or
+    /// edited Secret can be restored without calling STS.
+    held: Mutex<HashMap<String, Held>>,
+}
+
+#[derive(Clone)]
+struct Held {
+    creds: Credentials,
+    issued: Timestamp,
+    spec_hash: String,
+    assumed_role_arn: Option<String>,
+    source_identity: Option<String>,
+    restores: u32,
+}
+
+impl Context {
+    /// Builds a context.
+    pub fn new(
+        client: Client,
+        sts: Arc<dyn Sts>,
+        hmac_key: Vec<u8>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            sts,
+            hmac_key,
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self, uid: &str) -> Option<Held> {
+        self.held.lock().ok().and_then(|h| h.get(uid).cloned())
+    }
+
+    fn hold(&self, uid: &str, held: Held) {
+        if let Ok(mut map) = self.held.lock() {
+            map.insert(uid.to_string(), held);
+        }
+    }
+}
+
+/// Reads the HMAC key from its Secret in `namespace`, creating it with a
+/// random key on first start.
+pub async fn load_hmac_key(client: Client, namespace: &str) -> Result<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let err = |source| Error::HmacKey {
+        name: HMAC_KEY_SECRET.into(),
+        source,
+    };
+    for _ in 0..3 {
+        if let Some(secret) = api.get_opt(HMAC_KEY_SECRET).await.map_err(err)?
+            && let Some(key) = secret.data.and_then(|mut d| d.remove("key"))
+            && key.0.len() >= 32
+        {
+            return Ok(key.0);
+        }
+        let mut key = vec![0u8; 32];
+        getrandom::fill(&mut key).map_err(|_| Error::MissingMetadata("random source"))?;
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(HMAC_KEY_SECRET.into()),
+                labels: Some([(secret::MANAGED_BY_LABEL.into(), secret::MANAGED_BY.into())].into()),
+                ..Default::default()
+            },
+            data: Some([("key".to_string(), ByteString(key.clone()))].into()),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => return Ok(key),
+            // Another replica created it first: read theirs.
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(Error::MissingMetadata("HMAC key after three attempts"))
+}
+
+/// Why an attempt failed, in the terms the status and Events use.
+#[derive(Debug)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+    /// Retry after the backoff; otherwise wait for a change.
+    retry: bool,
+}
+
+impl From<StsError> for Failure {
+    fn from(e: StsError) -> Self {
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+            retry: true,
+        }
+    }
+}
+
+/// Brings one AssumedRole's Secret and status in line with its spec.
+pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action> {
+    let now = Timestamp::now();
+    let namespace = ar.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let uid = ar.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let status = ar.status.clone().unwrap_or_default();
+    let spec_changed = status.observed_generation != ar.metadata.generation;
+
+    if ar.spec.suspend {
+        let failure = Failure {
+            reason: "Suspended",
+            message: "refresh is suspended; the Secret is left as it is".into(),
+            retry: false,
+        };
+        return fail(&ar, &ctx, failure, now, false).await;
+    }
+    let setting = match ar.spec.validate().and_then(|()| ar.spec.refresh_before()) {
+        Ok(setting) => setting,
+        Err(invalid) => {
+            let failure = Failure {
+                reason: "InvalidSpec",
+                message: invalid.to_string(),
+                retry: false,
+            };
+            return fail(&ar, &ctx, failure, now, true).await;
+        }
+    };
+
+    // A failing AssumedRole waits out its backoff, even across restarts,
+    // unless its spec changed.
+    if status.consecutive_failures > 0
+        && !spec_changed
+        && let Some(last) = status.last_failure_time.as_ref().map(|t| t.0)
+    {
+        let expires = status.expiration_time.as_ref().map(|t| t.0);
+        let retry_at = last
+            + schedule::backoff(
+                status.consecutive_failures.unsigned_abs(),
+                last,
+                expires,
+                schedule::jitter_seed(&uid, last),
+            );
+        if now < retry_at {
+            debug!(wait = %retry_at.duration_since(now), "waiting out the backoff");
+            return Ok(requeue_at(retry_at, now));
+        }
+    }
+
+    let request = AssumeRoleRequest::for_resource(&ar);
+    let hash = secret::spec_hash(&request);
+    let name = ar.secret_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::GetSecret {
+            name: name.clone(),
+            source,
+        })?;
+
+    match secret::observe(&ar, existing.as_ref(), &ctx.hmac_key) {
+        Observed::Foreign => {
+            let failure = Failure {
+                reason: "SecretConflict",
+                message: format!(
+                    "Secret {name} exists and is not controlled by this AssumedRole; it is left untouched. \
+                     Delete it or set spec.secret.name to another name"
+                ),
+                retry: true,
+            };
+            return fail(&ar, &ctx, failure, now, true).await;
+        }
+        Observed::Owned(owned)
+            if owned.intact && owned.spec_hash.as_deref() == Some(hash.as_str()) =>
+        {
+            if let (Some(issued), Some(expires), Some(creds)) = (
+                owned.issued,
+                owned.expiration,
+                existing.as_ref().and_then(secret::credentials_from),
+            ) {
+                let refresh = schedule::refresh_time(
+                    issued,
+                    expires,
+                    setting,
+                    schedule::jitter_seed(&uid, issued),
+                );
+                if now < refresh.at {
+                    let previous = ctx.held(&uid);
+                    let held = Held {
+                        creds,
+                        issued,
+                        spec_hash: hash.clone(),
+                        assumed_role_arn: status.assumed_role_arn.clone(),
+                        source_identity: status.source_identity.clone(),
+                        restores: previous
+                            .filter(|p| p.issued == issued)
+                            .map_or(0, |p| p.restores),
+                    };
+                    if owned.layout_hash.as_deref() != Some(secret::layout_hash(&ar).as_str()) {
+                        // Labels, annotations, mount path or profile changed:
+                        // rewrite the Secret around the same credentials.
+                        apply_secret(&ar, &ctx, &held).await?;
+                        publish(
+                            &ctx,
+                            &ar,
+                            EventType::Normal,
+                            "SecretUpdated",
+                            format!("updated Secret {name} without new credentials"),
+                        )
+                        .await;
+                    }
+                    ctx.hold(&uid, held.clone());
+                    return succeed(&ar, &ctx, &held, refresh, now, None).await;
+                }
+            }
+        }
+        Observed::Owned(_) | Observed::Missing => {
+            if let Some(mut held) = ctx.held(&uid).filter(|h| h.spec_hash == hash) {
+                let refresh = schedule::refresh_time(
+                    held.issued,
+                    held.creds.expiration,
+                    setting,
+                    schedule::jitter_seed(&uid, held.issued),
+                );
+                if now < refresh.at {
+                    if held.restores >= MAX_RESTORES {
+                        let failure = Failure {
+                            reason: "SecretContested",
+                            message: format!(
+                                "Secret {name} was changed by another writer {} times; the operator stopped restoring it \
+                                 and will write new credentials at the next refresh",
+                                held.restores
+                            ),
+                            retry: false,
+                        };
+                        fail(&ar, &ctx, failure, now, false).await?;
+                        return Ok(requeue_at(refresh.at, now));
+                    }
+                    held.restores += 1;
+                    apply_secret(&ar, &ctx, &held).await?;
+                    ctx.hold(&uid, held.clone());
+                    info!(secret = %name, restores = held.restores, "restored the Secret from held credentials");
+                    publish(
+                        &ctx,
+                        &ar,
+                        EventType::Normal,
+                        "SecretRestored",
+                        format!("restored Secret {name} without calling STS"),
+                    )
+                    .await;
+                    return succeed(&ar, &ctx, &held, refresh, now, None).await;
+                }
+            }
+        }
+    }
+    mint(&ar, &ctx, request, hash, setting, now).await
+}
+
+/// Assumes the role, writes the Secret in one apply, then status and one Event.
+async fn mint(
+    ar: &AssumedRole,
+    ctx: &Context,
+    request: AssumeRoleRequest,
+    hash: String,
+    setting: RefreshBefore,
+    now: Timestamp,
+) -> Result<Action> {
+    let uid = ar.uid().unwrap_or_default();
+    debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
+    let AssumedSession {
+        credentials,
+        assumed_role_arn,
+        source_identity,
+    } = match ctx.sts.assume_role(&request).await {
+        Ok(session) => session,
+        Err(e) => {
+            warn!(reason = e.reason(), error = %e, "AssumeRole failed; the Secret is left as it is");
+            return fail(ar, ctx, e.into(), now, true).await;
+        }
+    };
+    // Whole seconds, like every timestamp in status and annotations.
+    let issued = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let held = Held {
+        creds: credentials,
+        issued,
+        spec_hash: hash,
+        assumed_role_arn,
+        source_identity,
+        restores: 0,
+    };
+    apply_secret(ar, ctx, &held).await?;
+    ctx.hold(&uid, held.clone());
+    let refresh = schedule::refresh_time(
+        issued,
+        held.creds.expiration,
+        setting,
+        schedule::jitter_seed(&uid, issued),
+    );
+    info!(
+        secret = %ar.secret_name(),
+        expires = %held.creds.expiration,
+        refresh = %refresh.at,
+        "wrote new credentials"
+    );
+    succeed(ar, ctx, &held, refresh, now, Some(now)).await
+}
+
+async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held) -> Result<()> {
+    let name = ar.secret_name();
+    let owner = ar
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
+    let desired = secret::render_secret(
+        ar,
+        owner,
+        &held.creds,
+        held.issued,
+        &held.spec_hash,
+        &ctx.hmac_key,
+    );
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|source| Error::ApplySecret { name, source })?;
+    Ok(())
+}
+
+/// Writes a Ready status for `held` and requeues at the refresh time.
+async fn succeed(
+    ar: &AssumedRole,
+    ctx: &Context,
+    held: &Held,
+    refresh: Refresh,
+    now: Timestamp,
+    refreshed_at: Option<Timestamp>,
+) -> Result<Action> {
+    let old = ar.status.clone().unwrap_or_default();
+    let message = format!(
+        "Secret {} holds credentials valid until {}; next refresh at {}",
+        ar.secret_name(),
+        held.creds.expiration,
+        refresh.at
+    );
+    let mut conditions = vec![condition(
+        &old,
+        ar,
+        READY,
+        "True",
+        "CredentialsReady",
+        &message,
+        now,
+    )];
+    if let Some(adjustment) = refresh.adjustment {
+        let (reason, text) = match adjustment {
+            Adjustment::ClampedToFloor => (
+                "ClampedToFloor",
+                "the refresh setting would refresh later than 5 minutes before expiry; refreshing 5 minutes before",
+            ),
+            Adjustment::FellBackToDefault => (
+                "FellBackToDefault",
+                "the refresh setting is longer than the lifetime STS granted; refreshing when a third of it remains",
+            ),
+        };
+        conditions.push(condition(
+            &old,
+            ar,
+            REFRESH_ADJUSTED,
+            "True",
+            reason,
+            text,
+            now,
+        ));
+    }
+    let status = AssumedRoleStatus {
+        conditions,
+        expiration_time: Some(Time(held.creds.expiration)),
+        refresh_time: Some(Time(refresh.at)),
+        last_refresh_time: refreshed_at.map(Time).or(old.last_refresh_time.clone()),
+        last_failure_time: old.last_failure_time.clone(),
+        consecutive_failures: 0,
+        assumed_role_arn: held.assumed_role_arn.clone(),
+        source_identity: held.source_identity.clone(),
+        observed_generation: ar.metadata.generation,
+    };
+    if refreshed_at.is_some() {
+        publish(
+            ctx,
+            ar,
+            EventType::Normal,
+            "CredentialsRefreshed",
+            format!("wrote new credentials to Secret {}", ar.secret_name()),
+        )
+        .await;
+    }
+    patch_status(ar, ctx, status).await?;
+    Ok(requeue_at(refresh.at, now))
+}
+
+/// Records a failure: `Ready=False`, a Warning Event, the failure count, and
+/// a retry after the backoff. The Secret is never touched here.
+async fn fail(
+    ar: &AssumedRole,
+    ctx: &Context,
+    failure: Failure,
+    now: Timestamp,
+    count: bool,
+) -> Result<Action> {
+    let old = ar.status.clone().unwrap_or_default();
+    let same = old.observed_generation == ar.metadata.generation
+        && old.conditions.iter().any(|c| {
+            c.type_ == READY && c.reason == failure.reason && c.message == failure.message
+        });
+    if same && !failure.retry {
+        // Nothing new to say, and nothing to retry.
+        return Ok(Action::await_change());
+    }
+    let failures = if count {
+        old.consecutive_failures.saturating_add(1)
+    } else {
+        old.consecutive_failures
+    };
+    let mut status = old.clone();
+    status.conditions = vec![condition(
+        &old,
+        ar,
+        READY,
+        "False",
+        failure.reason,
+        &failure.message,
+        now,
+    )];
+    status.observed_generation = ar.metadata.generation;
+    if count {
+        status.consecutive_failures = failures;
+        status.last_failure_time = Some(Time(now));
+    }
+    // The credentials in the Secret may still be good: keep expiration in
+    // status, but there is no planned refresh while failing.
+    status.refresh_time = None;
+    publish(
+        ctx,
+        ar,
+        EventType::Warning,
+        failure.reason,
+        failure.message.clone(),
+    )
+    .await;
+    patch_status(ar, ctx, status).await?;
+    if !failure.retry {
+        return Ok(Action::await_change());
+    }
+    let expires = old.expiration_time.map(|t| t.0);
+    let uid = ar.uid().unwrap_or_default();
+    let wait = schedule::backoff(
+        failures.max(1).unsigned_abs(),
+        now,
+        expires,
+        schedule::jitter_seed(&uid, now),
+    );
+    info!(reason = failure.reason, failures, retry_in = %wait, "attempt failed");
+    Ok(requeue_at(now + wait, now))
+}
+
+fn condition(
+    old: &AssumedRoleStatus,
+    ar: &AssumedRole,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Condition {
+    // Keep the transition time while the status stays the same.
+    let last_transition_time = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: ar.metadata.generation,
+        last_transition_time,
+    }
+}
+
+async fn patch_status(ar: &AssumedRole, ctx: &Context, status: AssumedRoleStatus) -> Result<()> {
+    if ar.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<AssumedRole> =
+        Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": AssumedRole::api_version(&()),
+        "kind": AssumedRole::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &ar.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ar.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+}
+
+fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
+    let wait = at.duration_since(now).max(SignedDuration::from_secs(1));
+    Action::requeue(Duration::try_from(wait).unwrap_or(Duration::from_secs(1)))
+}
+
+/// Decides what to do after `reconcile` returned an error: log it, say so on
+/// the object, and retry with backoff.
+pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %ar.name_any(), namespace = ?ar.namespace(), category = error.category(), error = %error, "reconcile failed");
+    let note = error.to_string();
+    let reason = error.category();
+    let ar2 = ar.clone();
+    tokio::spawn(async move {
+        publish(&ctx, &ar2, EventType::Warning, reason, note).await;
+    });
+    let failures = ar
+        .status
+        .as_ref()
+        .map_or(0, |s| s.consecutive_failures)
+        .saturating_add(1);
+    let now = Timestamp::now();
+    let expires = ar
+        .status
+        .as_ref()
+        .and_then(|s| s.expiration_time.as_ref())
+        .map(|t| t.0);
+    let wait = schedule::backoff(
+        failures.unsigned_abs(),
+        now,
+        expires,
+        schedule::jitter_seed(&ar.uid().unwrap_or_default(), now),
+    );
+    Action::requeue(Duration::try_from(wait).unwrap_or(Duration::from_secs(5)))
+}
+
+/// Settings of the controller loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// How many AssumedRoles are reconciled at once.
+    pub concurrency: u16,
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Arc<Context>,
+    settings: Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let loops: Vec<BoxFuture<'static, ()>> = scopes
+        .into_iter()
+        .map(|ns| {
+            let (roles, secrets): (Api<AssumedRole>, Api<PartialObjectMeta<Secret>>) = match &ns {
+                Some(ns) => (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                ),
+                None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+            };
+            let (reader, writer) = reflector::store();
+            // Status writes change no generation: filtering on it keeps the
+            // operator's own status patches from waking it up again.
+            let roles = watcher(roles, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .reflect(writer)
+                .applied_objects()
+                .predicate_filter(predicates::generation, Default::default());
+            // Owned Secrets are watched as metadata only, so their payloads
+            // never enter the cache.
+            let owned = watcher(
+                secrets,
+                watcher::Config::default()
+                    .labels(secret::SELECTOR)
+                    .any_semantic(),
+            )
+            .default_backoff()
+            .touched_objects()
+            .predicate_filter(predicates::resource_version, Default::default());
+            let ctx = ctx.clone();
+            let token = shutdown.clone();
+            Controller::for_stream(roles, reader)
+                .owns_stream(owned)
+                .with_config(
+                    kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+                )
+                .graceful_shutdown_on(async move { token.cancelled_owned().await })
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => {
+                            debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled")
+                        }
+                        Err(e) => debug!(error = %e, "reconcile loop error"),
+                    }
+                })
+                .boxed()
+        })
+        .collect();
+    futures::future::join_all(loops).await;
+}

@@ -1,0 +1,86 @@
+//! assumed-role-operator keeps AWS STS AssumeRole credentials fresh in
+//! Kubernetes Secrets.
+//!
+//! An `AssumedRole` names an IAM role. The operator assumes it, writes the
+//! temporary credentials into a Secret that the AssumedRole owns, and
+//! refreshes them well before they expire, in a layout that AWS SDKs in pods
+//! re-read by themselves.
+//!
+//! Data flows one way: a watch event, then [`controller::reconcile`], then a
+//! decision from the pure modules ([`schedule`], [`secret`], [`api`]), then
+//! the effects (STS, the Secret, status, an Event), which live in
+//! [`controller`] and [`sts`] alone.
+
+pub mod api;
+pub mod controller;
+pub mod schedule;
+pub mod secret;
+pub mod sts;
+
+/// Failures of the controller's effects. Each variant is named for the
+/// operation that failed, and carries a category used as the Event reason and
+/// the condition reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the target Secret failed.
+    #[error("reading Secret {name}: {source}")]
+    GetSecret {
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the target Secret failed.
+    #[error("applying Secret {name}: {source}")]
+    ApplySecret {
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the AssumedRole's status failed.
+    #[error("patching status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    /// Reading or creating the key that signs Secret data failed.
+    #[error("loading the HMAC key Secret {name}: {source}")]
+    HmacKey {
+        /// The Secret's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object lacks metadata the API server always sets.
+    #[error("object has no {0}")]
+    MissingMetadata(&'static str),
+}
+
+impl Error {
+    /// A short PascalCase category: the Event reason and the metric label.
+    pub fn category(&self) -> &'static str {
+        let api = match self {
+            Self::GetSecret { source, .. }
+            | Self::ApplySecret { source, .. }
+            | Self::HmacKey { source, .. } => Some(source),
+            Self::PatchStatus(source) => Some(source),
+            Self::MissingMetadata(_) => None,
+        };
+        if let Some(kube::Error::Api(status)) = api
+            && status.code == 403
+        {
+            return "Forbidden";
+        }
+        match self {
+            Self::GetSecret { .. } => "GetSecret",
+            Self::ApplySecret { .. } => "ApplySecret",
+            Self::PatchStatus(_) => "PatchStatus",
+            Self::HmacKey { .. } => "HmacKey",
+            Self::MissingMetadata(_) => "MissingMetadata",
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

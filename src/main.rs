@@ -1,0 +1,146 @@
+//! The `assumed-role-operator` command: `run` starts the controller, `crd`
+//! prints the CustomResourceDefinition.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use assumed_role_operator::{
+    api::AssumedRole,
+    controller::{self, Context, Settings},
+    sts::AwsSts,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::CustomResourceExt;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps AWS STS AssumeRole credentials fresh in Kubernetes Secrets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Print the AssumedRole CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Log filter, in tracing's env-filter syntax (for example `info` or
+    /// `assumed_role_operator=debug`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Namespace the operator runs in; holds the HMAC key Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "assumed-role-operator")]
+    namespace: String,
+    /// Name of this replica, reported on Events.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Watch only these namespaces (comma-separated); all when empty.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// How many AssumedRoles are reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!(
+                "{}",
+                serde_yaml::to_string(&AssumedRole::crd()).context("rendering the CRD")?
+            );
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(run(args)),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args)?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespace = %args.namespace,
+        watch_namespaces = ?args.watch_namespaces,
+        concurrency = args.concurrency,
+        "starting assumed-role-operator"
+    );
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let hmac_key = controller::load_hmac_key(client.clone(), &args.namespace).await?;
+    let sts = Arc::new(AwsSts::from_env().await);
+    let ctx = Arc::new(Context::new(client, sts, hmac_key, args.pod_name.clone()));
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let settings = Settings {
+        namespaces: args.watch_namespaces,
+        concurrency: args.concurrency,
+    };
+    controller::run(ctx, settings, shutdown).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn signal_shutdown(token: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    info!("shutting down");
+    token.cancel();
+}
+
+fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log_level).context("parsing --log-level")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

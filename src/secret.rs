@@ -1,0 +1,406 @@
+//! The Secret that holds the credentials: what it should look like, and what
+//! an existing one says. Pure functions, no I/O.
+//!
+//! Its annotations carry what a restarted operator needs in order to decide
+//! without calling STS: when the credentials were issued and expire, a hash
+//! of the spec fields that shaped them, and a keyed hash of the data, so that
+//! an edit by anyone else is noticed.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    api::AssumedRole,
+    sts::{AssumeRoleRequest, Credentials},
+};
+
+/// Label on every Secret the operator writes, so it can watch only those.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "assumed-role-operator";
+/// Label selector that matches the operator's Secrets.
+pub const SELECTOR: &str = "app.kubernetes.io/managed-by=assumed-role-operator";
+
+/// Annotation: when the credentials expire (RFC 3339).
+pub const EXPIRATION_ANNOTATION: &str = "sts.refresh.dev/expiration";
+/// Annotation: when the credentials were issued (RFC 3339).
+pub const ISSUED_ANNOTATION: &str = "sts.refresh.dev/issued-at";
+/// Annotation: hash of the spec fields that shape the credentials.
+pub const SPEC_HASH_ANNOTATION: &str = "sts.refresh.dev/spec-hash";
+/// Annotation: hash of the spec fields that shape the Secret but not the
+/// credentials (labels, annotations, mount path, profile).
+pub const LAYOUT_HASH_ANNOTATION: &str = "sts.refresh.dev/layout-hash";
+/// Annotation: keyed hash of the data.
+pub const DATA_HMAC_ANNOTATION: &str = "sts.refresh.dev/data-hmac";
+
+/// Key for `envFrom`: the access key ID.
+pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// Key for `envFrom`: the secret access key.
+pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// Key for `envFrom`: the session token.
+pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+/// Key: the output of a `credential_process`.
+pub const CREDENTIAL_PROCESS: &str = "credential_process.json";
+/// Key: an AWS config file whose profile runs the credential process.
+pub const CONFIG: &str = "config";
+/// Key: a shared-credentials file.
+pub const CREDENTIALS: &str = "credentials";
+/// Key: the expiration, RFC 3339.
+pub const EXPIRATION: &str = "expiration";
+
+/// The data keys the operator writes, all of which must be present.
+pub const DATA_KEYS: [&str; 7] = [
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    SESSION_TOKEN,
+    CREDENTIAL_PROCESS,
+    CONFIG,
+    CREDENTIALS,
+    EXPIRATION,
+];
+
+/// Hash of the request fields that shape the credentials. A change of any of
+/// them needs new credentials; a change of anything else does not.
+pub fn spec_hash(request: &AssumeRoleRequest) -> String {
+    let canonical = json!({
+        "roleArn": request.role_arn,
+        "roleSessionName": request.role_session_name,
+        "durationSeconds": request.duration_seconds,
+        "externalId": request.external_id,
+        "policy": request.policy,
+        "policyArns": request.policy_arns,
+        "tags": request.tags,
+        "transitiveTagKeys": request.transitive_tag_keys,
+        "sourceIdentity": request.source_identity,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Hash of the spec fields that shape the Secret around the credentials. A
+/// change of any of them rewrites the Secret without calling STS.
+pub fn layout_hash(ar: &AssumedRole) -> String {
+    let canonical = json!({
+        "labels": ar.spec.secret.labels,
+        "annotations": ar.spec.secret.annotations,
+        "mountPath": ar.spec.mount_path(),
+        "profile": ar.spec.profile(),
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Keyed hash of a Secret's data: each key and value, length-prefixed, in key
+/// order.
+pub fn data_hmac(key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for (k, v) in data {
+        mac.update(&(k.len() as u64).to_be_bytes());
+        mac.update(k.as_bytes());
+        mac.update(&(v.0.len() as u64).to_be_bytes());
+        mac.update(&v.0);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Renders the file contents for each key.
+pub fn render_data(ar: &AssumedRole, creds: &Credentials) -> BTreeMap<String, ByteString> {
+    let expiration = creds.expiration.to_string();
+    let profile = ar.spec.profile();
+    let process = json!({
+        "Version": 1,
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "SessionToken": creds.session_token,
+        "Expiration": expiration,
+    });
+    let section = if profile == "default" {
+        "default".to_string()
+    } else {
+        format!("profile {profile}")
+    };
+    let config = format!(
+        "[{section}]\ncredential_process = cat {}/{CREDENTIAL_PROCESS}\n",
+        ar.spec.mount_path()
+    );
+    let credentials = format!(
+        "[{profile}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+        creds.access_key_id, creds.secret_access_key, creds.session_token
+    );
+    [
+        (ACCESS_KEY_ID, creds.access_key_id.clone()),
+        (SECRET_ACCESS_KEY, creds.secret_access_key.clone()),
+        (SESSION_TOKEN, creds.session_token.clone()),
+        (CREDENTIAL_PROCESS, process.to_string()),
+        (CONFIG, config),
+        (CREDENTIALS, credentials),
+        (EXPIRATION, expiration),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect()
+}
+
+/// Renders the whole desired Secret for server-side apply: data, labels,
+/// annotations and a controller ownerReference to `ar`.
+pub fn render_secret(
+    ar: &AssumedRole,
+    owner: OwnerReference,
+    creds: &Credentials,
+    issued: Timestamp,
+    spec_hash: &str,
+    hmac_key: &[u8],
+) -> Secret {
+    let data = render_data(ar, creds);
+    let mut labels = ar.spec.secret.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let mut annotations = ar.spec.secret.annotations.clone();
+    annotations.insert(EXPIRATION_ANNOTATION.into(), creds.expiration.to_string());
+    annotations.insert(ISSUED_ANNOTATION.into(), issued.to_string());
+    annotations.insert(SPEC_HASH_ANNOTATION.into(), spec_hash.into());
+    annotations.insert(LAYOUT_HASH_ANNOTATION.into(), layout_hash(ar));
+    annotations.insert(DATA_HMAC_ANNOTATION.into(), data_hmac(hmac_key, &data));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(ar.secret_name()),
+            namespace: ar.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// What an existing Secret tells about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// There is no Secret of that name.
+    Missing,
+    /// The Secret is not controlled by this AssumedRole.
+    Foreign,
+    /// The Secret belongs to this AssumedRole.
+    Owned(OwnedSecret),
+}
+
+/// State read from a Secret that this AssumedRole controls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedSecret {
+    /// When its credentials expire, if the annotation is readable.
+    pub expiration: Option<Timestamp>,
+    /// When they were issued, if the annotation is readable.
+    pub issued: Option<Timestamp>,
+    /// The spec hash it was written for.
+    pub spec_hash: Option<String>,
+    /// The layout hash it was written for.
+    pub layout_hash: Option<String>,
+    /// Whether the data is exactly what the operator wrote.
+    pub intact: bool,
+}
+
+/// Reads an existing Secret (or its absence) against the AssumedRole that
+/// wants it.
+pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Observed {
+    let Some(secret) = secret else {
+        return Observed::Missing;
+    };
+    let uid = ar.meta().uid.as_deref();
+    let controlled = secret.owner_references().iter().any(|o| {
+        o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "AssumedRole"
+    });
+    if !controlled {
+        return Observed::Foreign;
+    }
+    let annotations = secret.annotations();
+    let time = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|v| v.parse::<Timestamp>().ok())
+    };
+    let empty = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let intact = DATA_KEYS.iter().all(|k| data.contains_key(*k))
+        && annotations
+            .get(DATA_HMAC_ANNOTATION)
+            .is_some_and(|h| *h == data_hmac(hmac_key, data));
+    Observed::Owned(OwnedSecret {
+        expiration: time(EXPIRATION_ANNOTATION),
+        issued: time(ISSUED_ANNOTATION),
+        spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
+        layout_hash: annotations.get(LAYOUT_HASH_ANNOTATION).cloned(),
+        intact,
+    })
+}
+
+/// Reads the credentials back from a Secret the operator wrote. Call only on
+/// a Secret that [`observe`] found intact.
+pub fn credentials_from(secret: &Secret) -> Option<Credentials> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    Some(Credentials {
+        access_key_id: text(ACCESS_KEY_ID)?,
+        secret_access_key: text(SECRET_ACCESS_KEY)?,
+        session_token: text(SESSION_TOKEN)?,
+        expiration: text(EXPIRATION)?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AssumedRoleSpec;
+
+    fn resource(spec: serde_json::Value) -> AssumedRole {
+        let spec: AssumedRoleSpec = serde_json::from_value(spec).unwrap_or_else(|e| panic!("{e}"));
+        let mut ar = AssumedRole::new("reader", spec);
+        ar.metadata.namespace = Some("billing".into());
+        ar.metadata.uid = Some("uid-1".into());
+        ar
+    }
+
+    fn creds() -> Credentials {
+        Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: "secret/key".into(),
+            session_token: "token".into(),
+            expiration: "2030-01-01T01:00:00Z"
+                .parse()
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn text(data: &BTreeMap<String, ByteString>, key: &str) -> String {
+        String::from_utf8(data[key].0.clone()).unwrap_or_default()
+    }
+
+    fn rendered(ar: &AssumedRole) -> Secret {
+        let owner = ar.controller_owner_ref(&()).unwrap_or_default();
+        render_secret(
+            ar,
+            owner,
+            &creds(),
+            "2030-01-01T00:00:00Z"
+                .parse()
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+            "h",
+            b"k",
+        )
+    }
+
+    #[test]
+    fn config_runs_the_credential_process_and_holds_no_keys() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        let data = render_data(&ar, &creds());
+        let config = text(&data, CONFIG);
+        assert_eq!(
+            config,
+            "[default]\ncredential_process = cat /var/run/secrets/aws/credential_process.json\n"
+        );
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r",
+            "secret": {"mountPath": "/aws/", "profile": "billing"}}));
+        let config = text(&render_data(&ar, &creds()), CONFIG);
+        assert_eq!(
+            config,
+            "[profile billing]\ncredential_process = cat /aws/credential_process.json\n"
+        );
+        assert!(!config.contains("secret/key"));
+    }
+
+    #[test]
+    fn credential_process_output_follows_the_sdk_format() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        let data = render_data(&ar, &creds());
+        let parsed: serde_json::Value =
+            serde_json::from_str(&text(&data, CREDENTIAL_PROCESS)).unwrap_or_default();
+        assert_eq!(
+            parsed,
+            json!({"Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "secret/key",
+                   "SessionToken": "token", "Expiration": "2030-01-01T01:00:00Z"})
+        );
+        assert_eq!(text(&data, EXPIRATION), "2030-01-01T01:00:00Z");
+        assert_eq!(text(&data, ACCESS_KEY_ID), "ASIAEXAMPLE");
+        assert!(
+            text(&data, CREDENTIALS).starts_with("[default]\naws_access_key_id = ASIAEXAMPLE\n")
+        );
+    }
+
+    #[test]
+    fn rendered_secret_is_owned_labelled_and_observed_as_intact() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r",
+            "secret": {"name": "aws", "labels": {"team": "b"}, "annotations": {"note": "n"}}}));
+        let secret = rendered(&ar);
+        assert_eq!(secret.metadata.name.as_deref(), Some("aws"));
+        assert_eq!(
+            secret.labels().get(MANAGED_BY_LABEL).map(String::as_str),
+            Some(MANAGED_BY)
+        );
+        assert_eq!(secret.labels().get("team").map(String::as_str), Some("b"));
+        assert_eq!(
+            secret.annotations().get("note").map(String::as_str),
+            Some("n")
+        );
+        let Observed::Owned(owned) = observe(&ar, Some(&secret), b"k") else {
+            panic!("not owned")
+        };
+        assert!(owned.intact);
+        assert_eq!(owned.spec_hash.as_deref(), Some("h"));
+        assert_eq!(owned.expiration, Some(creds().expiration));
+    }
+
+    #[test]
+    fn edited_data_or_another_key_is_seen_as_tampered() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        let mut secret = rendered(&ar);
+        if let Some(data) = secret.data.as_mut() {
+            data.insert(SESSION_TOKEN.into(), ByteString(b"forged".to_vec()));
+        }
+        assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact));
+        let secret = rendered(&ar);
+        assert!(
+            matches!(observe(&ar, Some(&secret), b"other key"), Observed::Owned(o) if !o.intact)
+        );
+    }
+
+    #[test]
+    fn a_secret_without_our_controller_reference_is_foreign() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        let mut secret = rendered(&ar);
+        secret.metadata.owner_references = None;
+        assert_eq!(observe(&ar, Some(&secret), b"k"), Observed::Foreign);
+        let mut other = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        other.metadata.uid = Some("uid-2".into());
+        assert_eq!(
+            observe(&other, Some(&rendered(&ar)), b"k"),
+            Observed::Foreign
+        );
+        assert_eq!(observe(&ar, None, b"k"), Observed::Missing);
+    }
+
+    #[test]
+    fn spec_hash_changes_with_credential_fields_only() {
+        let a = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        let b = resource(
+            json!({"roleArn": "arn:aws:iam::123456789012:role/r", "secret": {"labels": {"x": "y"}}}),
+        );
+        let c =
+            resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r", "tags": {"x": "y"}}));
+        let hash = |ar: &AssumedRole| spec_hash(&AssumeRoleRequest::for_resource(ar));
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&c));
+    }
+}

@@ -1,0 +1,251 @@
+//! The calls to AWS STS, behind a small trait so that tests can swap the
+//! endpoint or the whole service.
+//!
+//! The endpoint, region and base credentials come from the standard AWS
+//! settings (`AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, `AWS_REGION`, IRSA,
+//! EKS Pod Identity, ...), so the same binary talks to real AWS or to a local
+//! STS.
+
+use std::{fmt, future::Future, pin::Pin};
+
+use aws_sdk_sts::{
+    error::{ProvideErrorMetadata, SdkError},
+    types::{PolicyDescriptorType, Tag},
+};
+use jiff::Timestamp;
+
+use crate::api::AssumedRole;
+
+/// Temporary credentials. `Debug` never shows the secret parts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The access key ID (not secret on its own, but kept out of logs too).
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// The session token.
+    pub session_token: String,
+    /// When STS said they expire.
+    pub expiration: Timestamp,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a successful AssumeRole returned.
+#[derive(Debug, Clone)]
+pub struct AssumedSession {
+    /// The credentials.
+    pub credentials: Credentials,
+    /// ARN of the assumed-role session.
+    pub assumed_role_arn: Option<String>,
+    /// Source identity of the session, if set.
+    pub source_identity: Option<String>,
+}
+
+/// The input of one AssumeRole call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssumeRoleRequest {
+    /// ARN of the role.
+    pub role_arn: String,
+    /// Session name.
+    pub role_session_name: String,
+    /// Lifetime asked for, in seconds.
+    pub duration_seconds: i32,
+    /// External ID, if any.
+    pub external_id: Option<String>,
+    /// Inline session policy.
+    pub policy: Option<String>,
+    /// Managed session policies.
+    pub policy_arns: Vec<String>,
+    /// Session tags.
+    pub tags: Vec<(String, String)>,
+    /// Tags that pass on to chained roles.
+    pub transitive_tag_keys: Vec<String>,
+    /// Source identity.
+    pub source_identity: Option<String>,
+}
+
+impl AssumeRoleRequest {
+    /// The request that an AssumedRole's spec describes.
+    pub fn for_resource(ar: &AssumedRole) -> Self {
+        let spec = &ar.spec;
+        Self {
+            role_arn: spec.role_arn.clone(),
+            role_session_name: ar.role_session_name(),
+            duration_seconds: spec.duration_seconds(),
+            external_id: spec.external_id.clone(),
+            policy: spec.policy.clone(),
+            policy_arns: spec.policy_arns.clone(),
+            tags: spec
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            transitive_tag_keys: spec.transitive_tag_keys.clone(),
+            source_identity: spec.source_identity.clone(),
+        }
+    }
+}
+
+/// Why an STS call failed, sorted into what the operator does about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StsError {
+    /// The operator's identity may not assume the role (or the role does
+    /// not trust it).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// STS asked us to slow down.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// STS rejected the request's parameters.
+    #[error("rejected by STS: {0}")]
+    InvalidRequest(String),
+    /// STS could not be reached or failed on its side.
+    #[error("STS unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StsError {
+    /// The condition reason and Event reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::AccessDenied(_) => "AccessDenied",
+            Self::Throttled(_) => "Throttled",
+            Self::InvalidRequest(_) => "InvalidSpec",
+            Self::Unavailable(_) => "STSUnavailable",
+        }
+    }
+}
+
+/// Boxed future returned by [`Sts`] methods.
+pub type StsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<AssumedSession, StsError>> + Send + 'a>>;
+
+/// The STS operations the controller needs.
+pub trait Sts: Send + Sync {
+    /// Assumes a role.
+    fn assume_role<'a>(&'a self, request: &'a AssumeRoleRequest) -> StsFuture<'a>;
+}
+
+/// [`Sts`] backed by the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct AwsSts {
+    client: aws_sdk_sts::Client,
+}
+
+impl AwsSts {
+    /// Builds a client from the standard AWS settings of the environment.
+    pub async fn from_env() -> Self {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self {
+            client: aws_sdk_sts::Client::new(&config),
+        }
+    }
+
+    /// Wraps an existing client.
+    pub fn new(client: aws_sdk_sts::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl Sts for AwsSts {
+    fn assume_role<'a>(&'a self, r: &'a AssumeRoleRequest) -> StsFuture<'a> {
+        Box::pin(async move {
+            let mut call = self
+                .client
+                .assume_role()
+                .role_arn(&r.role_arn)
+                .role_session_name(&r.role_session_name)
+                .duration_seconds(r.duration_seconds)
+                .set_external_id(r.external_id.clone())
+                .set_policy(r.policy.clone())
+                .set_source_identity(r.source_identity.clone());
+            for arn in &r.policy_arns {
+                call = call.policy_arns(PolicyDescriptorType::builder().arn(arn).build());
+            }
+            for (key, value) in &r.tags {
+                let tag = Tag::builder()
+                    .key(key)
+                    .value(value)
+                    .build()
+                    .map_err(|e| StsError::InvalidRequest(e.to_string()))?;
+                call = call.tags(tag);
+            }
+            for key in &r.transitive_tag_keys {
+                call = call.transitive_tag_keys(key);
+            }
+            let out = call.send().await.map_err(classify)?;
+            let creds = out
+                .credentials
+                .ok_or_else(|| StsError::Unavailable("response carried no credentials".into()))?;
+            let expiration = Timestamp::from_second(creds.expiration.secs())
+                .map_err(|e| StsError::Unavailable(format!("expiration out of range: {e}")))?;
+            Ok(AssumedSession {
+                credentials: Credentials {
+                    access_key_id: creds.access_key_id,
+                    secret_access_key: creds.secret_access_key,
+                    session_token: creds.session_token,
+                    expiration,
+                },
+                assumed_role_arn: out.assumed_role_user.map(|u| u.arn),
+                source_identity: out.source_identity,
+            })
+        })
+    }
+}
+
+/// Sorts an SDK error by its code. The messages STS returns never carry
+/// credentials; the SDK's own errors are reduced to their kind and code.
+fn classify<E, R>(err: SdkError<E, R>) -> StsError
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    let (code, message) = match &err {
+        SdkError::ServiceError(service) => (
+            service.err().code().unwrap_or("Unknown").to_string(),
+            service.err().message().unwrap_or_default().to_string(),
+        ),
+        SdkError::TimeoutError(_) => return StsError::Unavailable("request timed out".into()),
+        SdkError::DispatchFailure(_) => {
+            return StsError::Unavailable("could not connect to STS".into());
+        }
+        SdkError::ResponseError(_) => {
+            return StsError::Unavailable("unreadable response from STS".into());
+        }
+        SdkError::ConstructionFailure(_) => {
+            return StsError::InvalidRequest("request could not be built".into());
+        }
+        _ => return StsError::Unavailable("unknown SDK error".into()),
+    };
+    let text = if message.is_empty() {
+        code.clone()
+    } else {
+        format!("{code}: {message}")
+    };
+    match code.as_str() {
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "InvalidClientTokenId"
+        | "ExpiredToken"
+        | "SignatureDoesNotMatch"
+        | "UnrecognizedClientException" => StsError::AccessDenied(text),
+        "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException" => StsError::Throttled(text),
+        "ValidationError"
+        | "MalformedPolicyDocument"
+        | "PackedPolicyTooLarge"
+        | "InvalidParameterValue"
+        | "RegionDisabledException"
+        | "InvalidIdentityToken" => StsError::InvalidRequest(text),
+        _ => StsError::Unavailable(text),
+    }
+}
