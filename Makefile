@@ -1,0 +1,46 @@
+# Entry points. `make test` is what CI runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build the operator
+	$(CARGO) build --locked
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run --locked --quiet -- crd > crds/assumedroles.sts.refresh.dev.yaml
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+.PHONY: unit
+unit: ## Unit tests and the CRD drift check (no cluster needed)
+	$(CARGO) test --locked --lib --bins --test crd
+
+.PHONY: cluster
+cluster: ## Build (or reuse) the control plane, helm and moto
+	hack/cluster.sh build
+
+.PHONY: e2e
+e2e: cluster ## End-to-end tests against a fresh local control plane and STS
+	hack/e2e.sh
+
+.PHONY: test
+test: lint unit e2e ## Everything CI checks
+
+.PHONY: demo
+demo: ## Run the operator against a local control plane and watch a Secret refresh
+	hack/demo.sh
+
+.PHONY: up down
+up: ## Start the local control plane in .cluster/ (then: source .cluster/env)
+	hack/cluster.sh up
+down: ## Stop what `make up` started
+	hack/cluster.sh down

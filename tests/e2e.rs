@@ -1,0 +1,194 @@
+//! End-to-end: the operator binary against a real kube-apiserver,
+//! kube-controller-manager and STS (moto), driven with kubectl as a user
+//! would. Run by `make test`, which starts the control plane first.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use assumed_role_operator::{api::AssumedRole, schedule};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use support::*;
+
+fn assumed_role(ns: &str, name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: sts.refresh.dev/v1alpha1
+kind: AssumedRole
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  roleArn: arn:aws:iam::{account}:role/{name}
+{extra_spec}",
+        account = account()
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn operator_writes_working_credentials_and_refreshes_them_before_expiry() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "refresh").await;
+    let _operator = Operator::start(&ns.name, &[], &[]);
+    // 900 s credentials refreshed 890 s before expiry: a rotation about every 10 s.
+    apply(&assumed_role(
+        &ns.name,
+        "reader",
+        "  durationSeconds: 900\n  refreshBefore: 890s\n  secret: {name: reader-aws}\n",
+    ));
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    let first = wait_for(
+        &secrets,
+        "reader-aws",
+        Duration::from_secs(30),
+        "the Secret",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+    let expected_arn = format!(
+        "arn:aws:sts::{}:assumed-role/reader/{}.reader",
+        account(),
+        ns.name
+    );
+    assert_eq!(caller_arn(&first).await, Ok(expected_arn.clone()));
+    let keys = data(&first);
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "expiration",
+    ] {
+        assert!(
+            keys.get(key).is_some_and(|v| !v.is_empty()),
+            "Secret lacks {key}"
+        );
+    }
+    let owner = first
+        .owner_references()
+        .first()
+        .cloned()
+        .expect("an ownerReference");
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("AssumedRole", "reader", Some(true))
+    );
+
+    let ar = wait_for(
+        &roles,
+        "reader",
+        Duration::from_secs(30),
+        "Ready=True",
+        |ar: Option<&AssumedRole>| {
+            ar.and_then(ready)
+                .is_some_and(|(status, _, _)| status == "True")
+        },
+    )
+    .await;
+    let status = ar.status.clone().expect("status");
+    let expires = status
+        .expiration_time
+        .clone()
+        .expect("status.expirationTime")
+        .0;
+    assert_eq!(keys["expiration"].parse::<Timestamp>().ok(), Some(expires));
+    let refresh = status.refresh_time.clone().expect("status.refreshTime").0;
+    assert!(
+        refresh <= expires - schedule::FLOOR,
+        "refresh {refresh} is not 5 minutes before expiry {expires}"
+    );
+    assert_eq!(
+        status.assumed_role_arn.as_deref(),
+        Some(expected_arn.as_str())
+    );
+
+    // The next set arrives before the first expires, and works too.
+    let old_expiration = expiration_of(&first);
+    let second = wait_for(
+        &secrets,
+        "reader-aws",
+        Duration::from_secs(60),
+        "a refreshed Secret",
+        |s: Option<&Secret>| s.is_some_and(|s| expiration_of(s) != old_expiration),
+    )
+    .await;
+    assert!(
+        Timestamp::now() < expires,
+        "refreshed only after the old credentials expired"
+    );
+    assert_ne!(
+        data(&second)["AWS_ACCESS_KEY_ID"],
+        keys["AWS_ACCESS_KEY_ID"]
+    );
+    assert_eq!(caller_arn(&second).await, Ok(expected_arn));
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn deleting_the_assumed_role_garbage_collects_its_secret() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "gc").await;
+    let _operator = Operator::start(&ns.name, &[], &[]);
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let secret = wait_for(
+        &secrets,
+        "reader",
+        Duration::from_secs(30),
+        "the Secret",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+
+    let out = kubectl(&["delete", "assumedrole", "reader", "-n", &ns.name], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uid = secret.uid().expect("uid");
+    // The garbage collector notices a new CRD within its 30 s discovery period.
+    wait_deleted(
+        &secrets,
+        "reader",
+        &uid,
+        Duration::from_secs(120),
+        "the garbage collector to delete the Secret",
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn kubectl_apply_rejects_a_bad_role_arn_and_a_short_duration_naming_the_field() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "admission").await;
+    let cases = [
+        ("roleArn: arn:aws:iam::123:user/someone", "spec.roleArn"),
+        (
+            "roleArn: arn:aws:iam::123456789012:role/r\n  durationSeconds: 100",
+            "spec.durationSeconds",
+        ),
+    ];
+    for (spec, field) in cases {
+        let yaml = format!(
+            "apiVersion: sts.refresh.dev/v1alpha1\nkind: AssumedRole\nmetadata: {{name: bad, namespace: {}}}\nspec:\n  {spec}\n",
+            ns.name
+        );
+        let out = kubectl(&["apply", "-f", "-"], Some(&yaml));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{spec:?} was accepted");
+        assert!(
+            stderr.contains(field),
+            "the error for {spec:?} does not name {field}: {stderr}"
+        );
+    }
+    let roles: Api<AssumedRole> = Api::namespaced(client, &ns.name);
+    assert!(
+        roles.get_opt("bad").await.expect("get").is_none(),
+        "a rejected object was stored"
+    );
+}

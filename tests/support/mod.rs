@@ -1,0 +1,290 @@
+//! Helpers for the end-to-end tests, which run against the control plane and
+//! STS that `hack/cluster.sh up` starts. They read its environment
+//! (`KUBECONFIG`, `AWS_ENDPOINT_URL`, ...) as a user's shell would.
+//!
+//! Every process a test starts is killed by PID when its guard drops, and
+//! every wait is bounded.
+
+#![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    io::Write,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use assumed_role_operator::{api::AssumedRole, secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    runtime::wait::{Condition, await_condition},
+};
+
+/// Fails the test with a clear message when the control plane is not up.
+pub fn require_cluster() {
+    assert!(
+        std::env::var_os("ARO_STATE").is_some(),
+        "the end-to-end tests need the local control plane: run `make test` (or `source .cluster/env` after `hack/cluster.sh up`)"
+    );
+}
+
+/// A Kubernetes client for the local control plane.
+pub async fn client() -> Client {
+    require_cluster();
+    Client::try_default()
+        .await
+        .expect("a client for the local control plane")
+}
+
+/// A namespace of its own for one test, deleted when the guard drops.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the test namespace");
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    u32::from_be_bytes(bytes)
+}
+
+/// The operator binary, running as a child process against the control
+/// plane. Killed by PID when the guard drops.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Starts the operator watching `namespace` only, keeping its HMAC key
+    /// there too, with extra arguments and environment.
+    pub fn start(namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        require_cluster();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("operator.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"));
+        cmd.args([
+            "run",
+            "--namespace",
+            namespace,
+            "--watch-namespaces",
+            namespace,
+        ])
+        .args(args)
+        .env("LOG_LEVEL", "info,assumed_role_operator=debug")
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the operator");
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Everything the operator has logged so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops it (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs kubectl with `args`, feeding `stdin`.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// `kubectl apply -f -` of `yaml`; panics with kubectl's words on failure.
+pub fn apply(yaml: &str) {
+    let out = kubectl(&["apply", "-f", "-"], Some(yaml));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits at most `limit` for `cond` on the named object.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    cond: impl Condition<K>,
+) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let found = tokio::time::timeout(limit, await_condition(api.clone(), name, cond))
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+        .unwrap_or_else(|e| panic!("watch failed while waiting for {what}: {e}"));
+    found.unwrap_or_else(|| panic!("{what}: {name} was deleted"))
+}
+
+/// Waits at most `limit` for the named object to be gone.
+pub async fn wait_deleted<K>(api: &Api<K>, name: &str, uid: &str, limit: Duration, what: &str)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(
+        limit,
+        await_condition(
+            api.clone(),
+            name,
+            kube::runtime::conditions::is_deleted(uid),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+    .unwrap_or_else(|e| panic!("watch failed while waiting for {what}: {e}"));
+}
+
+/// Polls `probe` every `every` until it returns `Some`, at most `limit`.
+pub async fn poll<T, F, Fut>(limit: Duration, every: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The data of a Secret as text.
+pub fn data(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).expect("UTF-8 data")))
+        .collect()
+}
+
+/// The expiration annotation of a Secret, if any.
+pub fn expiration_of(secret: &Secret) -> Option<String> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(secret::EXPIRATION_ANNOTATION)
+        .cloned()
+}
+
+/// Calls STS GetCallerIdentity with the credentials in a Secret and returns
+/// the caller's ARN.
+pub async fn caller_arn(secret: &Secret) -> Result<String, String> {
+    let d = data(secret);
+    let creds = aws_sdk_sts::config::Credentials::new(
+        &d[secret::ACCESS_KEY_ID],
+        &d[secret::SECRET_ACCESS_KEY],
+        Some(d[secret::SESSION_TOKEN].clone()),
+        None,
+        "secret",
+    );
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .credentials_provider(creds)
+        .load()
+        .await;
+    let out = aws_sdk_sts::Client::new(&config)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    out.arn.ok_or_else(|| "no ARN in the answer".into())
+}
+
+/// The Ready condition of an AssumedRole, as (status, reason, message).
+pub fn ready(ar: &AssumedRole) -> Option<(String, String, String)> {
+    let c = ar
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The AWS account moto reports.
+pub fn account() -> String {
+    std::env::var("ARO_AWS_ACCOUNT").unwrap_or_else(|_| "123456789012".into())
+}
