@@ -161,7 +161,7 @@ up() {
   rm -rf "$STATE"; mkdir -p "$STATE/logs" "$STATE/pids"
   local begin=$SECONDS
   ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); API_PORT=$(free_port)
-  KCM_PORT=$(free_port); MOTO_PORT=$(free_port)
+  KCM_PORT=$(free_port); MOTO_PORT=$(free_port); MOTO_IAM_PORT=$(free_port)
   certs
   kubeconfig "$STATE/kubeconfig" admin
   kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
@@ -203,6 +203,12 @@ up() {
   start moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
   wait_for 30 moto curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
 
+  # A second STS that enforces IAM, for the AccessDenied tests.
+  log "starting moto with IAM enforcement on 127.0.0.1:$MOTO_IAM_PORT"
+  INITIAL_NO_AUTH_ACTION_COUNT=5 start moto-iam "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_IAM_PORT"
+  wait_for 30 moto-iam curl -sf "http://127.0.0.1:$MOTO_IAM_PORT/moto-api/"
+  "$VENV/bin/python" "$ROOT/hack/moto-iam-setup.py" "http://127.0.0.1:$MOTO_IAM_PORT" >"$STATE/iam.env"
+
   cat >"$STATE/env" <<ENV
 export PATH=$K8S_BIN:$HELM_BIN:\$PATH
 export KUBECONFIG=$STATE/kubeconfig
@@ -216,6 +222,7 @@ export AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=AKIAOPERATORTESTKEY1
 export AWS_SECRET_ACCESS_KEY=operator-test-secret
 ENV
+  cat "$STATE/iam.env" >>"$STATE/env"
   log "control plane and STS up in $((SECONDS - begin)) s; state in $STATE"
   log "use it with: source $STATE/env"
 }
@@ -224,7 +231,7 @@ down() {
   [[ -d $STATE/pids ]] || return 0
   local pid name
   # Stop in reverse order of start, so the apiserver never loses etcd under it.
-  for name in moto kube-controller-manager kube-apiserver etcd; do
+  for name in moto-iam moto kube-controller-manager kube-apiserver etcd; do
     [[ -f $STATE/pids/$name ]] || continue
     pid=$(<"$STATE/pids/$name")
     if kill "$pid" 2>/dev/null; then

@@ -32,9 +32,9 @@ pub const DEFAULT_PROFILE: &str = "default";
 
 // The CEL rules and the Rust checks below are kept in step by the tests at the
 // bottom of this file, which run the CEL rules client-side.
-const ROLE_ARN_PATTERN: &str =
-    r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-~]{0,510}/)?[A-Za-z0-9+=,.@_-]{1,64}$";
-const POLICY_ARN_PATTERN: &str = r"^arn:aws(-cn|-us-gov)?:iam::([0-9]{12}|aws):policy/([!-~]{0,510}/)?[A-Za-z0-9+=,.@_-]{1,128}$";
+const ROLE_ARN_PATTERN: &str = r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([!-~]{0,510}/)?[A-Za-z0-9+=,.@_-]{1,64}$";
+const POLICY_ARN_PATTERN: &str =
+    r"^arn:aws(-cn|-us-gov)?:iam::([0-9]{12}|aws):policy/([!-~]{0,510}/)?[A-Za-z0-9+=,.@_-]{1,128}$";
 const SESSION_NAME_PATTERN: &str = r"^[A-Za-z0-9+=,.@_-]{2,64}$";
 const EXTERNAL_ID_PATTERN: &str = r"^[A-Za-z0-9+=,.@:/_-]+$";
 const DURATION_PATTERN: &str = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$";
@@ -311,10 +311,7 @@ impl AssumedRoleSpec {
             return Err(invalid("spec.policyArns", "may hold at most 10 ARNs"));
         }
         if let Some(arn) = self.policy_arns.iter().find(|a| !POLICY_ARN.is_match(a)) {
-            return Err(invalid(
-                "spec.policyArns",
-                format!("{arn:?} is not an IAM policy ARN"),
-            ));
+            return Err(invalid("spec.policyArns", format!("{arn:?} is not an IAM policy ARN")));
         }
         if self.tags.len() > 50 {
             return Err(invalid("spec.tags", "may hold at most 50 tags"));
@@ -329,17 +326,11 @@ impl AssumedRoleSpec {
             if value.chars().count() > 256 || !TAG_VALUE.is_match(value) {
                 return Err(invalid(
                     "spec.tags",
-                    format!(
-                        "value of {key:?} must be at most 256 letters, digits, spaces or _.:/=+-@"
-                    ),
+                    format!("value of {key:?} must be at most 256 letters, digits, spaces or _.:/=+-@"),
                 ));
             }
         }
-        if let Some(key) = self
-            .transitive_tag_keys
-            .iter()
-            .find(|k| !self.tags.contains_key(*k))
-        {
+        if let Some(key) = self.transitive_tag_keys.iter().find(|k| !self.tags.contains_key(*k)) {
             return Err(invalid(
                 "spec.transitiveTagKeys",
                 format!("{key:?} is not a key of spec.tags"),
@@ -377,24 +368,17 @@ impl AssumedRoleSpec {
                 "spec.refreshBefore",
                 "is exclusive with spec.refreshBeforePercentage: set one of them",
             )),
-            (Some(text), None) => parse_duration(text)
-                .map(RefreshBefore::Duration)
-                .ok_or_else(|| {
-                    invalid(
-                        "spec.refreshBefore",
-                        format!("{text:?} is not a duration such as 20m or 1h30m"),
-                    )
-                }),
+            (Some(text), None) => parse_duration(text).map(RefreshBefore::Duration).ok_or_else(|| {
+                invalid(
+                    "spec.refreshBefore",
+                    format!("{text:?} is not a duration such as 20m or 1h30m"),
+                )
+            }),
             (None, Some(p)) => u8::try_from(p)
                 .ok()
                 .filter(|p| (1..=99).contains(p))
                 .map(RefreshBefore::Percentage)
-                .ok_or_else(|| {
-                    invalid(
-                        "spec.refreshBeforePercentage",
-                        format!("{p} is outside 1..99"),
-                    )
-                }),
+                .ok_or_else(|| invalid("spec.refreshBeforePercentage", format!("{p} is outside 1..99"))),
             (None, None) => Ok(RefreshBefore::Default),
         }
     }
@@ -526,8 +510,7 @@ mod tests {
     }
 
     fn rust(spec: serde_json::Value) -> Result<(), InvalidSpec> {
-        let spec: AssumedRoleSpec =
-            serde_json::from_value(spec).map_err(|e| invalid("spec", e.to_string()))?;
+        let spec: AssumedRoleSpec = serde_json::from_value(spec).map_err(|e| invalid("spec", e.to_string()))?;
         spec.validate()
     }
 
@@ -595,10 +578,7 @@ mod tests {
     fn durations_parse_in_hour_minute_second_order() {
         assert_eq!(parse_duration("20m"), Some(SignedDuration::from_mins(20)));
         assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
-        assert_eq!(
-            parse_duration("1h2m3s"),
-            Some(SignedDuration::from_secs(3723))
-        );
+        assert_eq!(parse_duration("1h2m3s"), Some(SignedDuration::from_secs(3723)));
         for bad in ["", "0s", "m", "20", "5m1h", "1.5h", "-5m", "20 m", "1d"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
@@ -607,10 +587,7 @@ mod tests {
 
     #[test]
     fn policy_must_be_a_json_object() {
-        assert_eq!(
-            rust(spec(json!({"policy": "{\"Version\":\"2012-10-17\"}"}))),
-            Ok(())
-        );
+        assert_eq!(rust(spec(json!({"policy": "{\"Version\":\"2012-10-17\"}"}))), Ok(()));
         assert_eq!(
             rust(spec(json!({"policy": "{not json"}))).map_err(|e| e.field),
             Err("spec.policy")
@@ -634,9 +611,7 @@ mod tests {
     #[test]
     fn policy_arns_session_names_and_external_ids_follow_sts_rules() {
         assert_eq!(
-            cel(spec(
-                json!({"policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]})
-            )),
+            cel(spec(json!({"policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]}))),
             Ok(())
         );
         assert!(cel(spec(json!({"policyArns": ["ReadOnlyAccess"]}))).is_err());
@@ -661,10 +636,7 @@ mod tests {
         let long = default_session_name(&"n".repeat(63), &"r".repeat(253));
         assert_eq!(long.len(), 64);
         assert!(SESSION_NAME.is_match(&long));
-        assert_ne!(
-            long,
-            default_session_name(&"n".repeat(63), &"r".repeat(252))
-        );
+        assert_ne!(long, default_session_name(&"n".repeat(63), &"r".repeat(252)));
         assert!(SESSION_NAME.is_match(&default_session_name("", "")));
     }
 }

@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Error, Result,
     api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
+    metrics::Metrics,
     schedule::{self, Adjustment, Refresh},
     secret::{self, Observed},
     sts::{AssumeRoleRequest, AssumedSession, Credentials, Sts, StsError},
@@ -60,6 +61,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Key of the data HMAC.
     pub hmac_key: Vec<u8>,
+    /// Metrics, shared with the admin server.
+    pub metrics: Arc<Metrics>,
     /// The latest credentials per AssumedRole UID, so that a deleted or
     /// edited Secret can be restored without calling STS.
     held: Mutex<HashMap<String, Held>>,
@@ -81,6 +84,7 @@ impl Context {
         client: Client,
         sts: Arc<dyn Sts>,
         hmac_key: Vec<u8>,
+        metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -92,6 +96,7 @@ impl Context {
             client,
             sts,
             hmac_key,
+            metrics,
             held: Mutex::default(),
         }
     }
@@ -164,6 +169,18 @@ impl From<StsError> for Failure {
 
 /// Brings one AssumedRole's Secret and status in line with its spec.
 pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(&ar, &ctx).await;
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    let label = result.as_ref().map_or_else(Error::category, |_| "success");
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::ResultLabels { result: label })
+        .inc();
+    result
+}
+
+async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Action> {
     let now = Timestamp::now();
     let namespace = ar.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = ar.uid().ok_or(Error::MissingMetadata("uid"))?;
@@ -176,7 +193,7 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
             message: "refresh is suspended; the Secret is left as it is".into(),
             retry: false,
         };
-        return fail(&ar, &ctx, failure, now, false).await;
+        return fail(ar, ctx, failure, now, false).await;
     }
     let setting = match ar.spec.validate().and_then(|()| ar.spec.refresh_before()) {
         Ok(setting) => setting,
@@ -186,7 +203,7 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
                 message: invalid.to_string(),
                 retry: false,
             };
-            return fail(&ar, &ctx, failure, now, true).await;
+            return fail(ar, ctx, failure, now, true).await;
         }
     };
 
@@ -210,19 +227,16 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
         }
     }
 
-    let request = AssumeRoleRequest::for_resource(&ar);
+    let request = AssumeRoleRequest::for_resource(ar);
     let hash = secret::spec_hash(&request);
     let name = ar.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = secrets
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::GetSecret {
-            name: name.clone(),
-            source,
-        })?;
+    let existing = secrets.get_opt(&name).await.map_err(|source| Error::GetSecret {
+        name: name.clone(),
+        source,
+    })?;
 
-    match secret::observe(&ar, existing.as_ref(), &ctx.hmac_key) {
+    match secret::observe(ar, existing.as_ref(), &ctx.hmac_key) {
         Observed::Foreign => {
             let failure = Failure {
                 reason: "SecretConflict",
@@ -232,41 +246,40 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
                 ),
                 retry: true,
             };
-            return fail(&ar, &ctx, failure, now, true).await;
+            return fail(ar, ctx, failure, now, true).await;
         }
-        Observed::Owned(owned)
-            if owned.intact && owned.spec_hash.as_deref() == Some(hash.as_str()) =>
-        {
+        Observed::Owned(owned) if owned.intact && owned.spec_hash.as_deref() == Some(hash.as_str()) => {
             if let (Some(issued), Some(expires), Some(creds)) = (
                 owned.issued,
                 owned.expiration,
                 existing.as_ref().and_then(secret::credentials_from),
             ) {
-                let refresh = schedule::refresh_time(
-                    issued,
-                    expires,
-                    setting,
-                    schedule::jitter_seed(&uid, issued),
-                );
+                let refresh = schedule::refresh_time(issued, expires, setting, schedule::jitter_seed(&uid, issued));
                 if now < refresh.at {
-                    let previous = ctx.held(&uid);
+                    debug!(name = %ar.name_any(), refresh = %refresh.at, "Secret is valid and not due; no STS call");
+                    // What this process learned when it minted these
+                    // credentials beats the status in the cache, which can
+                    // lag behind our own last write.
+                    let previous = ctx.held(&uid).filter(|p| p.issued == issued);
                     let held = Held {
                         creds,
                         issued,
                         spec_hash: hash.clone(),
-                        assumed_role_arn: status.assumed_role_arn.clone(),
-                        source_identity: status.source_identity.clone(),
-                        restores: previous
-                            .filter(|p| p.issued == issued)
-                            .map_or(0, |p| p.restores),
+                        assumed_role_arn: previous
+                            .as_ref()
+                            .map_or_else(|| status.assumed_role_arn.clone(), |p| p.assumed_role_arn.clone()),
+                        source_identity: previous
+                            .as_ref()
+                            .map_or_else(|| status.source_identity.clone(), |p| p.source_identity.clone()),
+                        restores: previous.map_or(0, |p| p.restores),
                     };
-                    if owned.layout_hash.as_deref() != Some(secret::layout_hash(&ar).as_str()) {
+                    if owned.layout_hash.as_deref() != Some(secret::layout_hash(ar).as_str()) {
                         // Labels, annotations, mount path or profile changed:
                         // rewrite the Secret around the same credentials.
-                        apply_secret(&ar, &ctx, &held).await?;
+                        apply_secret(ar, ctx, &held, "layout").await?;
                         publish(
-                            &ctx,
-                            &ar,
+                            ctx,
+                            ar,
                             EventType::Normal,
                             "SecretUpdated",
                             format!("updated Secret {name} without new credentials"),
@@ -274,7 +287,7 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
                         .await;
                     }
                     ctx.hold(&uid, held.clone());
-                    return succeed(&ar, &ctx, &held, refresh, now, None).await;
+                    return succeed(ar, ctx, &held, refresh, now, None).await;
                 }
             }
         }
@@ -297,27 +310,27 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
                             ),
                             retry: false,
                         };
-                        fail(&ar, &ctx, failure, now, false).await?;
+                        fail(ar, ctx, failure, now, false).await?;
                         return Ok(requeue_at(refresh.at, now));
                     }
                     held.restores += 1;
-                    apply_secret(&ar, &ctx, &held).await?;
+                    apply_secret(ar, ctx, &held, "restore").await?;
                     ctx.hold(&uid, held.clone());
                     info!(secret = %name, restores = held.restores, "restored the Secret from held credentials");
                     publish(
-                        &ctx,
-                        &ar,
+                        ctx,
+                        ar,
                         EventType::Normal,
                         "SecretRestored",
                         format!("restored Secret {name} without calling STS"),
                     )
                     .await;
-                    return succeed(&ar, &ctx, &held, refresh, now, None).await;
+                    return succeed(ar, ctx, &held, refresh, now, None).await;
                 }
             }
         }
     }
-    mint(&ar, &ctx, request, hash, setting, now).await
+    mint(ar, ctx, request, hash, setting, now).await
 }
 
 /// Assumes the role, writes the Secret in one apply, then status and one Event.
@@ -331,11 +344,14 @@ async fn mint(
 ) -> Result<Action> {
     let uid = ar.uid().unwrap_or_default();
     debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
+    let outcome = ctx.sts.assume_role(&request).await;
+    ctx.metrics
+        .sts_call(outcome.as_ref().map_or_else(StsError::reason, |_| "success"));
     let AssumedSession {
         credentials,
         assumed_role_arn,
         source_identity,
-    } = match ctx.sts.assume_role(&request).await {
+    } = match outcome {
         Ok(session) => session,
         Err(e) => {
             warn!(reason = e.reason(), error = %e, "AssumeRole failed; the Secret is left as it is");
@@ -352,7 +368,7 @@ async fn mint(
         source_identity,
         restores: 0,
     };
-    apply_secret(ar, ctx, &held).await?;
+    apply_secret(ar, ctx, &held, "refresh").await?;
     ctx.hold(&uid, held.clone());
     let refresh = schedule::refresh_time(
         issued,
@@ -369,19 +385,10 @@ async fn mint(
     succeed(ar, ctx, &held, refresh, now, Some(now)).await
 }
 
-async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held) -> Result<()> {
+async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held, kind: &'static str) -> Result<()> {
     let name = ar.secret_name();
-    let owner = ar
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingMetadata("uid"))?;
-    let desired = secret::render_secret(
-        ar,
-        owner,
-        &held.creds,
-        held.issued,
-        &held.spec_hash,
-        &ctx.hmac_key,
-    );
+    let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
+    let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
     api.patch(
         &name,
@@ -390,6 +397,7 @@ async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held) -> Result<()
     )
     .await
     .map_err(|source| Error::ApplySecret { name, source })?;
+    ctx.metrics.secret_write(kind);
     Ok(())
 }
 
@@ -409,15 +417,7 @@ async fn succeed(
         held.creds.expiration,
         refresh.at
     );
-    let mut conditions = vec![condition(
-        &old,
-        ar,
-        READY,
-        "True",
-        "CredentialsReady",
-        &message,
-        now,
-    )];
+    let mut conditions = vec![condition(&old, ar, READY, "True", "CredentialsReady", &message, now)];
     if let Some(adjustment) = refresh.adjustment {
         let (reason, text) = match adjustment {
             Adjustment::ClampedToFloor => (
@@ -429,15 +429,7 @@ async fn succeed(
                 "the refresh setting is longer than the lifetime STS granted; refreshing when a third of it remains",
             ),
         };
-        conditions.push(condition(
-            &old,
-            ar,
-            REFRESH_ADJUSTED,
-            "True",
-            reason,
-            text,
-            now,
-        ));
+        conditions.push(condition(&old, ar, REFRESH_ADJUSTED, "True", reason, text, now));
     }
     let status = AssumedRoleStatus {
         conditions,
@@ -466,18 +458,13 @@ async fn succeed(
 
 /// Records a failure: `Ready=False`, a Warning Event, the failure count, and
 /// a retry after the backoff. The Secret is never touched here.
-async fn fail(
-    ar: &AssumedRole,
-    ctx: &Context,
-    failure: Failure,
-    now: Timestamp,
-    count: bool,
-) -> Result<Action> {
+async fn fail(ar: &AssumedRole, ctx: &Context, failure: Failure, now: Timestamp, count: bool) -> Result<Action> {
     let old = ar.status.clone().unwrap_or_default();
     let same = old.observed_generation == ar.metadata.generation
-        && old.conditions.iter().any(|c| {
-            c.type_ == READY && c.reason == failure.reason && c.message == failure.message
-        });
+        && old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason == failure.reason && c.message == failure.message);
     if same && !failure.retry {
         // Nothing new to say, and nothing to retry.
         return Ok(Action::await_change());
@@ -505,14 +492,7 @@ async fn fail(
     // The credentials in the Secret may still be good: keep expiration in
     // status, but there is no planned refresh while failing.
     status.refresh_time = None;
-    publish(
-        ctx,
-        ar,
-        EventType::Warning,
-        failure.reason,
-        failure.message.clone(),
-    )
-    .await;
+    publish(ctx, ar, EventType::Warning, failure.reason, failure.message.clone()).await;
     patch_status(ar, ctx, status).await?;
     if !failure.retry {
         return Ok(Action::await_change());
@@ -558,8 +538,7 @@ async fn patch_status(ar: &AssumedRole, ctx: &Context, status: AssumedRoleStatus
     if ar.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<AssumedRole> =
-        Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": AssumedRole::api_version(&()),
         "kind": AssumedRole::kind(&()),
@@ -609,11 +588,7 @@ pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> A
         .map_or(0, |s| s.consecutive_failures)
         .saturating_add(1);
     let now = Timestamp::now();
-    let expires = ar
-        .status
-        .as_ref()
-        .and_then(|s| s.expiration_time.as_ref())
-        .map(|t| t.0);
+    let expires = ar.status.as_ref().and_then(|s| s.expiration_time.as_ref()).map(|t| t.0);
     let wait = schedule::backoff(
         failures.unsigned_abs(),
         now,
@@ -633,11 +608,7 @@ pub struct Settings {
 }
 
 /// Runs the controller until `shutdown` is cancelled.
-pub async fn run(
-    ctx: Arc<Context>,
-    settings: Settings,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sync::CancellationToken) {
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -665,9 +636,7 @@ pub async fn run(
             // never enter the cache.
             let owned = watcher(
                 secrets,
-                watcher::Config::default()
-                    .labels(secret::SELECTOR)
-                    .any_semantic(),
+                watcher::Config::default().labels(secret::SELECTOR).any_semantic(),
             )
             .default_backoff()
             .touched_objects()
@@ -676,9 +645,7 @@ pub async fn run(
             let token = shutdown.clone();
             Controller::for_stream(roles, reader)
                 .owns_stream(owned)
-                .with_config(
-                    kube::runtime::controller::Config::default().concurrency(settings.concurrency),
-                )
+                .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
                 .graceful_shutdown_on(async move { token.cancelled_owned().await })
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| async move {

@@ -11,8 +11,10 @@
 //! the effects (STS, the Secret, status, an Event), which live in
 //! [`controller`] and [`sts`] alone.
 
+pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod metrics;
 pub mod schedule;
 pub mod secret;
 pub mod sts;
@@ -61,9 +63,9 @@ impl Error {
     /// A short PascalCase category: the Event reason and the metric label.
     pub fn category(&self) -> &'static str {
         let api = match self {
-            Self::GetSecret { source, .. }
-            | Self::ApplySecret { source, .. }
-            | Self::HmacKey { source, .. } => Some(source),
+            Self::GetSecret { source, .. } | Self::ApplySecret { source, .. } | Self::HmacKey { source, .. } => {
+                Some(source)
+            }
             Self::PatchStatus(source) => Some(source),
             Self::MissingMetadata(_) => None,
         };

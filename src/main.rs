@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use assumed_role_operator::{
+    admin,
     api::AssumedRole,
     controller::{self, Context, Settings},
     sts::AwsSts,
@@ -15,10 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Keeps AWS STS AssumeRole credentials fresh in Kubernetes Secrets"
-)]
+#[command(version, about = "Keeps AWS STS AssumeRole credentials fresh in Kubernetes Secrets")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +48,9 @@ struct RunArgs {
     /// Watch only these namespaces (comma-separated); all when empty.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
+    /// Address of the admin server (`/livez`, `/readyz`, `/metrics`).
+    #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    admin_address: std::net::SocketAddr,
     /// How many AssumedRoles are reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
@@ -88,20 +89,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency = args.concurrency,
         "starting assumed-role-operator"
     );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let state = admin::State::default();
+    let admin_server = tokio::spawn(admin::serve(args.admin_address, state.clone(), shutdown.clone()));
+
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let hmac_key = controller::load_hmac_key(client.clone(), &args.namespace).await?;
     let sts = Arc::new(AwsSts::from_env().await);
-    let ctx = Arc::new(Context::new(client, sts, hmac_key, args.pod_name.clone()));
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let ctx = Arc::new(Context::new(
+        client,
+        sts,
+        hmac_key,
+        state.metrics.clone(),
+        args.pod_name.clone(),
+    ));
+    state.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let settings = Settings {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,
     };
-    controller::run(ctx, settings, shutdown).await;
+    controller::run(ctx, settings, shutdown.clone()).await;
+    shutdown.cancel();
+    admin_server
+        .await
+        .context("admin server task")?
+        .context("admin server")?;
     info!("stopped");
     Ok(())
 }
@@ -111,15 +126,14 @@ async fn signal_shutdown(token: CancellationToken) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    token.cancel();
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                token.cancel();
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => {},
             _ = term.recv() => {},
@@ -132,8 +146,7 @@ async fn signal_shutdown(token: CancellationToken) {
 }
 
 fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&args.log_level).context("parsing --log-level")?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("parsing --log-level")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -44,12 +44,7 @@ pub struct Refresh {
 /// The result is never before `issued` (strictly after it when the lifetime
 /// is positive), never later than [`FLOOR`] before `expires` when the
 /// lifetime allows it, and depends on nothing but its arguments.
-pub fn refresh_time(
-    issued: Timestamp,
-    expires: Timestamp,
-    setting: RefreshBefore,
-    seed: u64,
-) -> Refresh {
+pub fn refresh_time(issued: Timestamp, expires: Timestamp, setting: RefreshBefore, seed: u64) -> Refresh {
     let lifetime = expires.duration_since(issued);
     if lifetime <= SignedDuration::ZERO {
         return Refresh {
@@ -83,8 +78,7 @@ pub fn refresh_time(
     // Jitter only moves the refresh earlier, and never by more than half the
     // time between issue and the planned refresh, so it never reaches the
     // issue time.
-    let window =
-        (lifetime * MAX_JITTER_PERCENT as i32 / 100).min(planned.duration_since(issued) / 2);
+    let window = (lifetime * MAX_JITTER_PERCENT as i32 / 100).min(planned.duration_since(issued) / 2);
     let jitter = scale(window, seed);
     Refresh {
         at: ceil_to_second(planned - jitter),
@@ -136,12 +130,7 @@ pub const BACKOFF_MIN: SignedDuration = SignedDuration::from_secs(1);
 /// `[0, min(BACKOFF_MAX, BACKOFF_BASE * 2^(failures-1))]`. When the current
 /// credentials expire at `expires`, the ceiling is also at most a third of
 /// the time left, so that at least three tries fit before they expire.
-pub fn backoff(
-    failures: u32,
-    now: Timestamp,
-    expires: Option<Timestamp>,
-    seed: u64,
-) -> SignedDuration {
+pub fn backoff(failures: u32, now: Timestamp, expires: Option<Timestamp>, seed: u64) -> SignedDuration {
     let exponent = failures.saturating_sub(1).min(16);
     let mut ceiling = (BACKOFF_BASE * (1i32 << exponent)).min(BACKOFF_MAX);
     if let Some(expires) = expires {

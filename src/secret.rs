@@ -217,18 +217,15 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
         return Observed::Missing;
     };
     let uid = ar.meta().uid.as_deref();
-    let controlled = secret.owner_references().iter().any(|o| {
-        o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "AssumedRole"
-    });
+    let controlled = secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "AssumedRole");
     if !controlled {
         return Observed::Foreign;
     }
     let annotations = secret.annotations();
-    let time = |key: &str| {
-        annotations
-            .get(key)
-            .and_then(|v| v.parse::<Timestamp>().ok())
-    };
+    let time = |key: &str| annotations.get(key).and_then(|v| v.parse::<Timestamp>().ok());
     let empty = BTreeMap::new();
     let data = secret.data.as_ref().unwrap_or(&empty);
     let intact = DATA_KEYS.iter().all(|k| data.contains_key(*k))
@@ -248,10 +245,7 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
 /// a Secret that [`observe`] found intact.
 pub fn credentials_from(secret: &Secret) -> Option<Credentials> {
     let data = secret.data.as_ref()?;
-    let text = |key: &str| {
-        data.get(key)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-    };
+    let text = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok());
     Some(Credentials {
         access_key_id: text(ACCESS_KEY_ID)?,
         secret_access_key: text(SECRET_ACCESS_KEY)?,
@@ -278,9 +272,7 @@ mod tests {
             access_key_id: "ASIAEXAMPLE".into(),
             secret_access_key: "secret/key".into(),
             session_token: "token".into(),
-            expiration: "2030-01-01T01:00:00Z"
-                .parse()
-                .unwrap_or(Timestamp::UNIX_EPOCH),
+            expiration: "2030-01-01T01:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH),
         }
     }
 
@@ -294,9 +286,7 @@ mod tests {
             ar,
             owner,
             &creds(),
-            "2030-01-01T00:00:00Z"
-                .parse()
-                .unwrap_or(Timestamp::UNIX_EPOCH),
+            "2030-01-01T00:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH),
             "h",
             b"k",
         )
@@ -325,8 +315,7 @@ mod tests {
     fn credential_process_output_follows_the_sdk_format() {
         let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
         let data = render_data(&ar, &creds());
-        let parsed: serde_json::Value =
-            serde_json::from_str(&text(&data, CREDENTIAL_PROCESS)).unwrap_or_default();
+        let parsed: serde_json::Value = serde_json::from_str(&text(&data, CREDENTIAL_PROCESS)).unwrap_or_default();
         assert_eq!(
             parsed,
             json!({"Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "secret/key",
@@ -334,9 +323,7 @@ mod tests {
         );
         assert_eq!(text(&data, EXPIRATION), "2030-01-01T01:00:00Z");
         assert_eq!(text(&data, ACCESS_KEY_ID), "ASIAEXAMPLE");
-        assert!(
-            text(&data, CREDENTIALS).starts_with("[default]\naws_access_key_id = ASIAEXAMPLE\n")
-        );
+        assert!(text(&data, CREDENTIALS).starts_with("[default]\naws_access_key_id = ASIAEXAMPLE\n"));
     }
 
     #[test]
@@ -350,10 +337,7 @@ mod tests {
             Some(MANAGED_BY)
         );
         assert_eq!(secret.labels().get("team").map(String::as_str), Some("b"));
-        assert_eq!(
-            secret.annotations().get("note").map(String::as_str),
-            Some("n")
-        );
+        assert_eq!(secret.annotations().get("note").map(String::as_str), Some("n"));
         let Observed::Owned(owned) = observe(&ar, Some(&secret), b"k") else {
             panic!("not owned")
         };
@@ -371,9 +355,7 @@ mod tests {
         }
         assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact));
         let secret = rendered(&ar);
-        assert!(
-            matches!(observe(&ar, Some(&secret), b"other key"), Observed::Owned(o) if !o.intact)
-        );
+        assert!(matches!(observe(&ar, Some(&secret), b"other key"), Observed::Owned(o) if !o.intact));
     }
 
     #[test]
@@ -384,21 +366,15 @@ mod tests {
         assert_eq!(observe(&ar, Some(&secret), b"k"), Observed::Foreign);
         let mut other = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
         other.metadata.uid = Some("uid-2".into());
-        assert_eq!(
-            observe(&other, Some(&rendered(&ar)), b"k"),
-            Observed::Foreign
-        );
+        assert_eq!(observe(&other, Some(&rendered(&ar)), b"k"), Observed::Foreign);
         assert_eq!(observe(&ar, None, b"k"), Observed::Missing);
     }
 
     #[test]
     fn spec_hash_changes_with_credential_fields_only() {
         let a = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
-        let b = resource(
-            json!({"roleArn": "arn:aws:iam::123456789012:role/r", "secret": {"labels": {"x": "y"}}}),
-        );
-        let c =
-            resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r", "tags": {"x": "y"}}));
+        let b = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r", "secret": {"labels": {"x": "y"}}}));
+        let c = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r", "tags": {"x": "y"}}));
         let hash = |ar: &AssumedRole| spec_hash(&AssumeRoleRequest::for_resource(ar));
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));

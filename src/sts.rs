@@ -9,6 +9,7 @@
 use std::{fmt, future::Future, pin::Pin};
 
 use aws_sdk_sts::{
+    config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
     types::{PolicyDescriptorType, Tag},
 };
@@ -83,11 +84,7 @@ impl AssumeRoleRequest {
             external_id: spec.external_id.clone(),
             policy: spec.policy.clone(),
             policy_arns: spec.policy_arns.clone(),
-            tags: spec
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            tags: spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             transitive_tag_keys: spec.transitive_tag_keys.clone(),
             source_identity: spec.source_identity.clone(),
         }
@@ -125,8 +122,7 @@ impl StsError {
 }
 
 /// Boxed future returned by [`Sts`] methods.
-pub type StsFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<AssumedSession, StsError>> + Send + 'a>>;
+pub type StsFuture<'a> = Pin<Box<dyn Future<Output = Result<AssumedSession, StsError>> + Send + 'a>>;
 
 /// The STS operations the controller needs.
 pub trait Sts: Send + Sync {
@@ -203,29 +199,24 @@ impl Sts for AwsSts {
 
 /// Sorts an SDK error by its code. The messages STS returns never carry
 /// credentials; the SDK's own errors are reduced to their kind and code.
-fn classify<E, R>(err: SdkError<E, R>) -> StsError
+fn classify<E>(err: SdkError<E, HttpResponse>) -> StsError
 where
     E: ProvideErrorMetadata + std::error::Error,
 {
-    let (code, message) = match &err {
+    let (code, message, http_status) = match &err {
         SdkError::ServiceError(service) => (
             service.err().code().unwrap_or("Unknown").to_string(),
             service.err().message().unwrap_or_default().to_string(),
+            service.raw().status().as_u16(),
         ),
         SdkError::TimeoutError(_) => return StsError::Unavailable("request timed out".into()),
-        SdkError::DispatchFailure(_) => {
-            return StsError::Unavailable("could not connect to STS".into());
-        }
-        SdkError::ResponseError(_) => {
-            return StsError::Unavailable("unreadable response from STS".into());
-        }
-        SdkError::ConstructionFailure(_) => {
-            return StsError::InvalidRequest("request could not be built".into());
-        }
+        SdkError::DispatchFailure(_) => return StsError::Unavailable("could not connect to STS".into()),
+        SdkError::ResponseError(_) => return StsError::Unavailable("unreadable response from STS".into()),
+        SdkError::ConstructionFailure(_) => return StsError::InvalidRequest("request could not be built".into()),
         _ => return StsError::Unavailable("unknown SDK error".into()),
     };
     let text = if message.is_empty() {
-        code.clone()
+        format!("{code} (HTTP {http_status})")
     } else {
         format!("{code}: {message}")
     };
@@ -236,16 +227,21 @@ where
         | "ExpiredToken"
         | "SignatureDoesNotMatch"
         | "UnrecognizedClientException" => StsError::AccessDenied(text),
-        "Throttling"
-        | "ThrottlingException"
-        | "RequestLimitExceeded"
-        | "TooManyRequestsException" => StsError::Throttled(text),
+        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException" => {
+            StsError::Throttled(text)
+        }
         "ValidationError"
         | "MalformedPolicyDocument"
         | "PackedPolicyTooLarge"
         | "InvalidParameterValue"
         | "RegionDisabledException"
         | "InvalidIdentityToken" => StsError::InvalidRequest(text),
-        _ => StsError::Unavailable(text),
+        // An error body the SDK could not read: go by the HTTP status.
+        _ => match http_status {
+            401 | 403 => StsError::AccessDenied(text),
+            429 => StsError::Throttled(text),
+            400 => StsError::InvalidRequest(text),
+            _ => StsError::Unavailable(text),
+        },
     }
 }

@@ -12,10 +12,7 @@ fn committed_crd_matches_the_generated_one() {
         .expect("run crd");
     assert!(out.status.success());
     let generated = String::from_utf8(out.stdout).expect("UTF-8");
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/assumedroles.sts.refresh.dev.yaml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/assumedroles.sts.refresh.dev.yaml");
     let committed = std::fs::read_to_string(path).expect("read crds/");
     assert!(
         generated == committed,

@@ -1,30 +1,13 @@
-//! End-to-end: the operator binary against a real kube-apiserver,
-//! kube-controller-manager and STS (moto), driven with kubectl as a user
-//! would. Run by `make test`, which starts the control plane first.
-
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
-mod support;
+//! The first path: `kubectl apply`, a Secret whose credentials work, a
+//! refresh before expiry, garbage collection, and admission errors.
 
 use std::time::Duration;
 
+use crate::support::*;
 use assumed_role_operator::{api::AssumedRole, schedule};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use support::*;
-
-fn assumed_role(ns: &str, name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: sts.refresh.dev/v1alpha1
-kind: AssumedRole
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  roleArn: arn:aws:iam::{account}:role/{name}
-{extra_spec}",
-        account = account()
-    )
-}
 
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
@@ -49,11 +32,7 @@ async fn operator_writes_working_credentials_and_refreshes_them_before_expiry() 
         |s: Option<&Secret>| s.is_some(),
     )
     .await;
-    let expected_arn = format!(
-        "arn:aws:sts::{}:assumed-role/reader/{}.reader",
-        account(),
-        ns.name
-    );
+    let expected_arn = format!("arn:aws:sts::{}:assumed-role/reader/{}.reader", account(), ns.name);
     assert_eq!(caller_arn(&first).await, Ok(expected_arn.clone()));
     let keys = data(&first);
     for key in [
@@ -62,16 +41,9 @@ async fn operator_writes_working_credentials_and_refreshes_them_before_expiry() 
         "AWS_SESSION_TOKEN",
         "expiration",
     ] {
-        assert!(
-            keys.get(key).is_some_and(|v| !v.is_empty()),
-            "Secret lacks {key}"
-        );
+        assert!(keys.get(key).is_some_and(|v| !v.is_empty()), "Secret lacks {key}");
     }
-    let owner = first
-        .owner_references()
-        .first()
-        .cloned()
-        .expect("an ownerReference");
+    let owner = first.owner_references().first().cloned().expect("an ownerReference");
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str(), owner.controller),
         ("AssumedRole", "reader", Some(true))
@@ -82,28 +54,18 @@ async fn operator_writes_working_credentials_and_refreshes_them_before_expiry() 
         "reader",
         Duration::from_secs(30),
         "Ready=True",
-        |ar: Option<&AssumedRole>| {
-            ar.and_then(ready)
-                .is_some_and(|(status, _, _)| status == "True")
-        },
+        |ar: Option<&AssumedRole>| ar.and_then(ready).is_some_and(|(status, _, _)| status == "True"),
     )
     .await;
     let status = ar.status.clone().expect("status");
-    let expires = status
-        .expiration_time
-        .clone()
-        .expect("status.expirationTime")
-        .0;
+    let expires = status.expiration_time.clone().expect("status.expirationTime").0;
     assert_eq!(keys["expiration"].parse::<Timestamp>().ok(), Some(expires));
     let refresh = status.refresh_time.clone().expect("status.refreshTime").0;
     assert!(
         refresh <= expires - schedule::FLOOR,
         "refresh {refresh} is not 5 minutes before expiry {expires}"
     );
-    assert_eq!(
-        status.assumed_role_arn.as_deref(),
-        Some(expected_arn.as_str())
-    );
+    assert_eq!(status.assumed_role_arn.as_deref(), Some(expected_arn.as_str()));
 
     // The next set arrives before the first expires, and works too.
     let old_expiration = expiration_of(&first);
@@ -119,10 +81,7 @@ async fn operator_writes_working_credentials_and_refreshes_them_before_expiry() 
         Timestamp::now() < expires,
         "refreshed only after the old credentials expired"
     );
-    assert_ne!(
-        data(&second)["AWS_ACCESS_KEY_ID"],
-        keys["AWS_ACCESS_KEY_ID"]
-    );
+    assert_ne!(data(&second)["AWS_ACCESS_KEY_ID"], keys["AWS_ACCESS_KEY_ID"]);
     assert_eq!(caller_arn(&second).await, Ok(expected_arn));
 }
 
@@ -144,11 +103,7 @@ async fn deleting_the_assumed_role_garbage_collects_its_secret() {
     .await;
 
     let out = kubectl(&["delete", "assumedrole", "reader", "-n", &ns.name], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let uid = secret.uid().expect("uid");
     // The garbage collector notices a new CRD within its 30 s discovery period.
     wait_deleted(

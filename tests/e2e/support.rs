@@ -5,9 +5,6 @@
 //! Every process a test starts is killed by PID when its guard drops, and
 //! every wait is bounded.
 
-#![allow(dead_code)] // each test binary uses a different part
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -67,13 +64,7 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let _ = Command::new("kubectl")
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -98,36 +89,87 @@ impl Operator {
     /// Starts the operator watching `namespace` only, keeping its HMAC key
     /// there too, with extra arguments and environment.
     pub fn start(namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(&["--namespace", namespace, "--watch-namespaces", namespace], args, env)
+    }
+
+    /// Starts the operator with exactly these `run` arguments plus `args`.
+    pub fn start_with(base: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         require_cluster();
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("operator.log");
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"));
-        cmd.args([
-            "run",
-            "--namespace",
-            namespace,
-            "--watch-namespaces",
-            namespace,
-        ])
-        .args(args)
-        .env("LOG_LEVEL", "info,assumed_role_operator=debug")
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file);
+        cmd.arg("run")
+            .args(base)
+            .args(["--admin-address", "127.0.0.1:0", "--log-format", "text"])
+            .args(args)
+            .env("LOG_LEVEL", "info,assumed_role_operator=debug")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start the operator");
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
+        Self { child, log, _dir: dir }
     }
 
     /// Everything the operator has logged so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of its admin server, read from its log.
+    pub async fn admin_address(&self) -> String {
+        poll(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            "the admin server address in the log",
+            || async {
+                let log = self.output();
+                let line = log.lines().find(|l| l.contains("admin server listening"))?;
+                let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+                Some(address.to_string())
+            },
+        )
+        .await
+    }
+
+    /// GETs `path` from its admin server and returns the status code and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.admin_address().await;
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect to the admin server");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read the response");
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// Sum of a counter over all its label sets, from `/metrics`.
+    pub async fn counter(&self, name: &str, label: Option<&str>) -> u64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with(name) && label.is_none_or(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// STS AssumeRole calls this operator has made, whatever their result.
+    pub async fn sts_calls(&self) -> u64 {
+        self.counter("assumed_role_operator_sts_assume_role_calls_total", None)
+            .await
     }
 
     /// Stops it (SIGKILL) and waits for it to exit.
@@ -175,13 +217,7 @@ pub fn apply(yaml: &str) {
 }
 
 /// Waits at most `limit` for `cond` on the named object.
-pub async fn wait_for<K>(
-    api: &Api<K>,
-    name: &str,
-    limit: Duration,
-    what: &str,
-    cond: impl Condition<K>,
-) -> K
+pub async fn wait_for<K>(api: &Api<K>, name: &str, limit: Duration, what: &str, cond: impl Condition<K>) -> K
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
@@ -199,11 +235,7 @@ where
 {
     tokio::time::timeout(
         limit,
-        await_condition(
-            api.clone(),
-            name,
-            kube::runtime::conditions::is_deleted(uid),
-        ),
+        await_condition(api.clone(), name, kube::runtime::conditions::is_deleted(uid)),
     )
     .await
     .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
@@ -275,16 +307,93 @@ pub async fn caller_arn(secret: &Secret) -> Result<String, String> {
 
 /// The Ready condition of an AssumedRole, as (status, reason, message).
 pub fn ready(ar: &AssumedRole) -> Option<(String, String, String)> {
-    let c = ar
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
+    let c = ar.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// An AssumedRole manifest for role `name` in `ns`, with extra spec lines.
+pub fn assumed_role(ns: &str, name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: sts.refresh.dev/v1alpha1
+kind: AssumedRole
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  roleArn: arn:aws:iam::{account}:role/{name}
+{extra_spec}",
+        account = account()
+    )
+}
+
+/// Environment that points the operator at the IAM-enforcing STS, with the
+/// access key of the user that may assume only `allowed-*` roles.
+pub fn iam_enforcing_sts() -> Vec<(&'static str, String)> {
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: start the control plane with hack/cluster.sh"))
+    };
+    vec![
+        ("AWS_ENDPOINT_URL", var("ARO_IAM_ENDPOINT")),
+        ("AWS_ACCESS_KEY_ID", var("ARO_IAM_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", var("ARO_IAM_SECRET_ACCESS_KEY")),
+    ]
+}
+
+/// All Events in a namespace, as JSON text.
+pub fn events_json(ns: &str) -> String {
+    let out = kubectl(&["get", "events.events.k8s.io", "-n", ns, "-o", "json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The AWS account moto reports.
 pub fn account() -> String {
     std::env::var("ARO_AWS_ACCOUNT").unwrap_or_else(|_| "123456789012".into())
+}
+
+/// Waits for the AssumedRole's Ready condition to have `status` and `reason`.
+pub async fn wait_ready(api: &Api<AssumedRole>, name: &str, status: &str, reason: &str) -> AssumedRole {
+    let what = format!("{name} to be Ready={status} ({reason})");
+    let (status, reason) = (status.to_string(), reason.to_string());
+    wait_for(
+        api,
+        name,
+        Duration::from_secs(60),
+        &what,
+        move |ar: Option<&AssumedRole>| ar.and_then(ready).is_some_and(|(s, r, _)| s == status && r == reason),
+    )
+    .await
+}
+
+/// `kubectl patch --type merge` of an object in `ns`.
+pub fn merge_patch(ns: &str, kind_name: &str, patch: &str) {
+    let out = kubectl(&["patch", "-n", ns, kind_name, "--type", "merge", "-p", patch], None);
+    assert!(
+        out.status.success(),
+        "kubectl patch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What most tests start from: a namespace of their own, an operator
+/// watching it, and the APIs of the objects they look at.
+pub struct Scene {
+    pub roles: Api<AssumedRole>,
+    pub secrets: Api<Secret>,
+    pub operator: Operator,
+    // Dropped last, after the operator has stopped.
+    pub ns: TestNamespace,
+}
+
+impl Scene {
+    /// Creates a namespace named after `prefix` and starts an operator for it
+    /// with extra arguments and environment.
+    pub async fn start(prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let client = client().await;
+        let ns = TestNamespace::create(&client, prefix).await;
+        Self {
+            roles: Api::namespaced(client.clone(), &ns.name),
+            secrets: Api::namespaced(client.clone(), &ns.name),
+            operator: Operator::start(&ns.name, args, env),
+            ns,
+        }
+    }
 }

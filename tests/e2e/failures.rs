@@ -1,0 +1,187 @@
+//! STS and spec failures: the Secret is left exactly as it was, the status
+//! and Events say why, and no credential leaks into logs or Events.
+
+use std::time::Duration;
+
+use assumed_role_operator::api::AssumedRole;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::support::*;
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn access_denied_leaves_the_secret_as_it_was_and_backs_off() {
+    let env = iam_enforcing_sts();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let Scene {
+        ns,
+        roles,
+        secrets,
+        operator,
+        ..
+    } = Scene::start("denied", &[], &env).await;
+    apply(&assumed_role(&ns.name, "allowed-reader", "  secret: {name: aws}\n"));
+    wait_ready(&roles, "allowed-reader", "True", "CredentialsReady").await;
+    let before = secrets.get("aws").await.expect("Secret");
+
+    // The operator's user may not assume this role: moto enforces IAM.
+    let denied = format!("arn:aws:iam::{}:role/denied-reader", account());
+    merge_patch(
+        &ns.name,
+        "assumedrole/allowed-reader",
+        &format!(r#"{{"spec":{{"roleArn":"{denied}"}}}}"#),
+    );
+    let ar = wait_ready(&roles, "allowed-reader", "False", "AccessDenied").await;
+    let status = ar.status.clone().expect("status");
+    assert!(
+        status.consecutive_failures >= 1 && status.last_failure_time.is_some(),
+        "{status:?}"
+    );
+    assert!(events_json(&ns.name).contains("AccessDenied"), "no AccessDenied Event");
+
+    // It retries with backoff, and the Secret stays exactly as it was.
+    wait_for(
+        &roles,
+        "allowed-reader",
+        Duration::from_secs(60),
+        "a retry",
+        |ar: Option<&AssumedRole>| {
+            ar.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.consecutive_failures >= 2)
+        },
+    )
+    .await;
+    let after = secrets.get("aws").await.expect("Secret");
+    assert_eq!(
+        after.resource_version(),
+        before.resource_version(),
+        "a failure modified the Secret"
+    );
+    assert!(
+        operator
+            .counter(
+                "assumed_role_operator_sts_assume_role_calls_total",
+                Some("AccessDenied")
+            )
+            .await
+            >= 2
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_spec_only_the_reconciler_can_judge_is_reported_as_invalid() {
+    let Scene {
+        ns, roles, operator, ..
+    } = Scene::start("invalid", &[], &[]).await;
+    apply(&assumed_role(&ns.name, "reader", "  policy: '{not json'\n"));
+    let ar = wait_ready(&roles, "reader", "False", "InvalidSpec").await;
+    let (_, _, message) = ready(&ar).expect("Ready");
+    assert!(message.starts_with("spec.policy: is not valid JSON"), "{message}");
+    assert_eq!(operator.sts_calls().await, 0);
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_suspended_assumed_role_is_left_alone() {
+    let Scene {
+        ns,
+        roles,
+        secrets,
+        operator,
+        ..
+    } = Scene::start("suspend", &[], &[]).await;
+    // Due for a refresh every ~10 s while not suspended.
+    apply(&assumed_role(
+        &ns.name,
+        "reader",
+        "  durationSeconds: 900\n  refreshBefore: 890s\n",
+    ));
+    let ar = wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    let due = ar.status.and_then(|s| s.refresh_time).expect("status.refreshTime").0;
+    merge_patch(&ns.name, "assumedrole/reader", r#"{"spec":{"suspend":true}}"#);
+    wait_ready(&roles, "reader", "False", "Suspended").await;
+    let calls = operator.sts_calls().await;
+    let version = secrets.get("reader").await.expect("Secret").resource_version();
+    // Only letting the due time pass can show that nothing happens then.
+    let wait = due.duration_since(jiff::Timestamp::now()) + jiff::SignedDuration::from_secs(3);
+    tokio::time::sleep(
+        Duration::try_from(wait)
+            .unwrap_or_default()
+            .min(Duration::from_secs(20)),
+    )
+    .await;
+    assert_eq!(
+        operator.sts_calls().await,
+        calls,
+        "a suspended AssumedRole was refreshed"
+    );
+    assert_eq!(secrets.get("reader").await.expect("Secret").resource_version(), version);
+
+    merge_patch(&ns.name, "assumedrole/reader", r#"{"spec":{"suspend":false}}"#);
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn credentials_never_appear_in_logs_or_events() {
+    let Scene {
+        ns,
+        roles,
+        secrets,
+        operator,
+        ..
+    } = Scene::start("leaks", &["--log-level", "debug"], &[]).await;
+    // Refreshes about every 10 s, and a failure path alongside.
+    apply(&assumed_role(
+        &ns.name,
+        "reader",
+        "  durationSeconds: 900\n  refreshBefore: 890s\n",
+    ));
+    apply(&assumed_role(&ns.name, "broken", "  policy: '[1]'\n"));
+    wait_ready(&roles, "broken", "False", "InvalidSpec").await;
+    let mut seen = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let s = wait_for(
+            &secrets,
+            "reader",
+            Duration::from_secs(60),
+            "a new set",
+            |s: Option<&Secret>| s.is_some_and(|s| expiration_of(s) != last),
+        )
+        .await;
+        last = expiration_of(&s);
+        seen.push(data(&s));
+    }
+    // Delete the Secret too, so that the restore path logs as well.
+    let uid = secrets.get("reader").await.expect("Secret").uid();
+    kubectl(&["delete", "secret", "reader", "-n", &ns.name], None);
+    wait_for(
+        &secrets,
+        "reader",
+        Duration::from_secs(30),
+        "the restore",
+        |s: Option<&Secret>| s.is_some_and(|s| s.uid() != uid),
+    )
+    .await;
+
+    let log = operator.output();
+    assert!(
+        log.lines().count() > 50,
+        "expected a debug log, got {} lines",
+        log.lines().count()
+    );
+    let events = events_json(&ns.name);
+    let statuses = kubectl(&["get", "assumedroles", "-n", &ns.name, "-o", "json"], None);
+    let statuses = String::from_utf8_lossy(&statuses.stdout);
+    for set in &seen {
+        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+            let value = &set[key];
+            assert!(!log.contains(value.as_str()), "{key} appears in the operator's log");
+            assert!(!events.contains(value.as_str()), "{key} appears in an Event");
+            assert!(!statuses.contains(value.as_str()), "{key} appears in a status");
+        }
+    }
+}

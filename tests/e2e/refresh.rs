@@ -1,0 +1,192 @@
+//! When the operator calls STS and when it does not: restarts, spec changes
+//! that shape the credentials and spec changes that only shape the Secret,
+//! and refresh settings that have to be adjusted.
+
+use std::time::Duration;
+
+use assumed_role_operator::api::AssumedRole;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use crate::support::*;
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn restarted_operator_makes_no_sts_call_for_valid_secrets() {
+    const ROLES: usize = 5;
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "restart").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let mut first = Operator::start(&ns.name, &[], &[]);
+    for i in 0..ROLES {
+        apply(&assumed_role(&ns.name, &format!("reader-{i}"), ""));
+    }
+    let mut versions = Vec::new();
+    for i in 0..ROLES {
+        wait_ready(&roles, &format!("reader-{i}"), "True", "CredentialsReady").await;
+        versions.push(
+            secrets
+                .get(&format!("reader-{i}"))
+                .await
+                .expect("Secret")
+                .resource_version(),
+        );
+    }
+    assert_eq!(first.sts_calls().await, ROLES as u64);
+    first.stop();
+
+    let second = Operator::start(&ns.name, &[], &[]);
+    // The operator logs its decision for each AssumedRole it looked at.
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the restarted operator to decide on all",
+        || async {
+            let log = second.output();
+            let decided = (0..ROLES).filter(|i| {
+                log.lines()
+                    .any(|l| l.contains("no STS call") && l.contains(&format!("name=reader-{i} ")))
+            });
+            (decided.count() == ROLES).then_some(())
+        },
+    )
+    .await;
+    let calls = second.sts_calls().await;
+    eprintln!("restart: {ROLES} AssumedRoles, {calls} STS calls after the restart");
+    assert_eq!(calls, 0, "the restarted operator called STS for valid Secrets");
+    for (i, version) in versions.iter().enumerate() {
+        let now = secrets
+            .get(&format!("reader-{i}"))
+            .await
+            .expect("Secret")
+            .resource_version();
+        assert_eq!(&now, version, "Secret reader-{i} was rewritten after the restart");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_credential_spec_change_refreshes_at_once_and_a_layout_change_does_not_call_sts() {
+    let Scene {
+        ns,
+        roles,
+        secrets,
+        operator,
+        ..
+    } = Scene::start("spec-change", &[], &[]).await;
+    apply(&assumed_role(
+        &ns.name,
+        "reader",
+        "  secret:\n    labels: {team: billing, tier: gold}\n    annotations: {owner: alice}\n",
+    ));
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    let before = secrets.get("reader").await.expect("Secret");
+    assert_eq!(before.labels().get("team").map(String::as_str), Some("billing"));
+    assert_eq!(before.annotations().get("owner").map(String::as_str), Some("alice"));
+    assert_eq!(operator.sts_calls().await, 1);
+
+    // Labels, annotations, mount path and profile shape the Secret, not the
+    // credentials: the Secret is rewritten around the same keys.
+    merge_patch(
+        &ns.name,
+        "assumedrole/reader",
+        r#"{"spec":{"secret":{"labels":{"tier":null,"app":"reports"},"annotations":{"owner":null},"mountPath":"/aws","profile":"billing"}}}"#,
+    );
+    let after = wait_for(
+        &secrets,
+        "reader",
+        Duration::from_secs(30),
+        "the relabelled Secret",
+        |s: Option<&Secret>| s.is_some_and(|s| s.labels().contains_key("app")),
+    )
+    .await;
+    assert!(
+        !after.labels().contains_key("tier"),
+        "a label removed from the spec stayed on the Secret"
+    );
+    assert!(
+        !after.annotations().contains_key("owner"),
+        "an annotation removed from the spec stayed"
+    );
+    assert_eq!(after.labels().get("team").map(String::as_str), Some("billing"));
+    let (old, new) = (data(&before), data(&after));
+    assert_eq!(new["AWS_ACCESS_KEY_ID"], old["AWS_ACCESS_KEY_ID"]);
+    assert_eq!(
+        new["config"],
+        "[profile billing]\ncredential_process = cat /aws/credential_process.json\n"
+    );
+    assert_eq!(operator.sts_calls().await, 1, "a layout change called STS");
+
+    // The session name shapes the credentials: new ones at once.
+    merge_patch(
+        &ns.name,
+        "assumedrole/reader",
+        r#"{"spec":{"roleSessionName":"nightly-report"}}"#,
+    );
+    let renewed = wait_for(
+        &secrets,
+        "reader",
+        Duration::from_secs(30),
+        "new credentials",
+        |s: Option<&Secret>| s.is_some_and(|s| data(s)["AWS_ACCESS_KEY_ID"] != old["AWS_ACCESS_KEY_ID"]),
+    )
+    .await;
+    let arn = caller_arn(&renewed).await.expect("the new credentials work");
+    assert!(arn.ends_with("/reader/nightly-report"), "{arn}");
+    assert_eq!(operator.sts_calls().await, 2);
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn refresh_settings_that_break_the_rules_are_adjusted_and_reported() {
+    let Scene {
+        ns,
+        roles,
+        operator: _operator,
+        ..
+    } = Scene::start("settings", &[], &[]).await;
+    apply(&assumed_role(
+        &ns.name,
+        "late",
+        "  durationSeconds: 3600\n  refreshBefore: 1m\n",
+    ));
+    apply(&assumed_role(
+        &ns.name,
+        "long",
+        "  durationSeconds: 900\n  refreshBefore: 2h\n",
+    ));
+    apply(&assumed_role(
+        &ns.name,
+        "share",
+        "  durationSeconds: 3600\n  refreshBeforePercentage: 50\n",
+    ));
+    for (name, reason) in [("late", "ClampedToFloor"), ("long", "FellBackToDefault")] {
+        let ar = wait_ready(&roles, name, "True", "CredentialsReady").await;
+        let status = ar.status.expect("status");
+        let adjusted = status.conditions.iter().find(|c| c.type_ == "RefreshAdjusted");
+        assert_eq!(adjusted.map(|c| c.reason.as_str()), Some(reason), "{name}");
+        let (expires, refresh) = (
+            status.expiration_time.expect("exp").0,
+            status.refresh_time.expect("refresh").0,
+        );
+        assert!(
+            refresh <= expires - assumed_role_operator::schedule::FLOOR,
+            "{name}: {refresh} vs {expires}"
+        );
+    }
+    let ar = wait_ready(&roles, "share", "True", "CredentialsReady").await;
+    let status = ar.status.expect("status");
+    assert!(status.conditions.iter().all(|c| c.type_ != "RefreshAdjusted"));
+    let left = status
+        .expiration_time
+        .expect("exp")
+        .0
+        .duration_since(status.refresh_time.expect("refresh").0);
+    // Half the lifetime, and jitter moves it earlier by at most a tenth.
+    assert!(
+        (1800..=1800 + 360).contains(&left.as_secs()),
+        "refresh {}s before expiry",
+        left.as_secs()
+    );
+}
