@@ -9,4 +9,5 @@ mod basic;
 mod failures;
 mod refresh;
 mod repair;
+mod sdk;
 mod support;
