@@ -12,8 +12,9 @@ build: ## Build the operator
 	$(CARGO) build --locked
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	$(CARGO) run --locked --quiet -- crd > crds/assumedroles.sts.refresh.dev.yaml
+	cp crds/assumedroles.sts.refresh.dev.yaml charts/assumed-role-operator/crds/
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
@@ -22,7 +23,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 .PHONY: unit
 unit: ## Unit tests and the CRD drift check (no cluster needed)
-	$(CARGO) test --locked --lib --bins --test crd
+	$(CARGO) test --locked --lib --bins --test crd --test chart
 
 .PHONY: cluster
 cluster: ## Build (or reuse) the control plane, helm and moto

@@ -28,3 +28,5 @@ kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refr
 # The tests each run their own operator in a namespace of their own, so they
 # can run side by side.
 cargo test --locked --test e2e -- --ignored --test-threads "${E2E_THREADS:-4}" "$@"
+# The chart tests run operators that watch the whole cluster: one at a time.
+cargo test --locked --test chart -- --ignored --test-threads 1 "$@"

@@ -576,11 +576,18 @@ fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
 /// the object, and retry with backoff.
 pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(name = %ar.name_any(), namespace = ?ar.namespace(), category = error.category(), error = %error, "reconcile failed");
-    let note = error.to_string();
-    let reason = error.category();
+    // Say so where users look: a Warning Event and the Ready condition. A
+    // Forbidden error names the verb and resource that RBAC refused.
+    let failure = Failure {
+        reason: error.category(),
+        message: error.to_string(),
+        retry: true,
+    };
     let ar2 = ar.clone();
     tokio::spawn(async move {
-        publish(&ctx, &ar2, EventType::Warning, reason, note).await;
+        if let Err(e) = fail(&ar2, &ctx, failure, Timestamp::now(), true).await {
+            warn!(error = %e, "could not report the failure in status");
+        }
     });
     let failures = ar
         .status

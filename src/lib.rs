@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod schedule;
 pub mod secret;

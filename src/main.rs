@@ -8,6 +8,7 @@ use assumed_role_operator::{
     admin,
     api::AssumedRole,
     controller::{self, Context, Settings},
+    leader,
     sts::AwsSts,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -51,6 +52,13 @@ struct RunArgs {
     /// Address of the admin server (`/livez`, `/readyz`, `/metrics`).
     #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     admin_address: std::net::SocketAddr,
+    /// Run only while holding the Lease `assumed-role-operator` in the
+    /// operator's namespace, so that replicas never write at once.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Seconds a leader's lease lasts without renewal.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 30)]
+    lease_duration_seconds: u64,
     /// How many AssumedRoles are reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
@@ -111,12 +119,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,
     };
-    controller::run(ctx, settings, shutdown.clone()).await;
+    let lost = if args.leader_elect {
+        let identity = args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+        let outcome = leader::run_as_leader(
+            ctx.client.clone(),
+            &args.namespace,
+            &identity,
+            args.lease_duration_seconds,
+            shutdown.clone(),
+            |token| controller::run(ctx, settings, token),
+        )
+        .await
+        .context("leader election")?;
+        outcome == leader::Outcome::Lost
+    } else {
+        controller::run(ctx, settings, shutdown.clone()).await;
+        false
+    };
     shutdown.cancel();
     admin_server
         .await
         .context("admin server task")?
         .context("admin server")?;
+    if lost {
+        anyhow::bail!("lost the leader lease");
+    }
     info!("stopped");
     Ok(())
 }

@@ -397,3 +397,47 @@ impl Scene {
         }
     }
 }
+
+/// The main scenario on the namespace `ns`, against whatever operator serves
+/// it: create an AssumedRole, see its Secret appear with working
+/// credentials, see them refreshed, delete it, and see the Secret collected.
+pub async fn main_scenario(client: &Client, ns: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    apply(&assumed_role(
+        ns,
+        "reader",
+        "  durationSeconds: 900\n  refreshBefore: 890s\n",
+    ));
+    let first = wait_for(
+        &secrets,
+        "reader",
+        Duration::from_secs(60),
+        "the Secret",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+    let expected = format!("arn:aws:sts::{}:assumed-role/reader/{ns}.reader", account());
+    assert_eq!(caller_arn(&first).await, Ok(expected.clone()));
+    let old = expiration_of(&first);
+    let second = wait_for(
+        &secrets,
+        "reader",
+        Duration::from_secs(60),
+        "a refresh",
+        |s: Option<&Secret>| s.is_some_and(|s| expiration_of(s) != old),
+    )
+    .await;
+    assert_eq!(caller_arn(&second).await, Ok(expected));
+    let out = kubectl(&["delete", "assumedrole", "reader", "-n", ns], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uid = second.metadata.uid.clone().expect("uid");
+    // The garbage collector notices a new CRD within its 30 s discovery period.
+    wait_deleted(
+        &secrets,
+        "reader",
+        &uid,
+        Duration::from_secs(120),
+        "the Secret to be collected",
+    )
+    .await;
+}

@@ -1,0 +1,50 @@
+{{- define "aro.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "aro.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "aro.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "aro.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "aro.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "aro.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "aro.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "aro.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: assumed-role-operator
+{{- end }}
+
+{{- define "aro.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "aro.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The rules the operator needs wherever it serves AssumedRoles. */}}
+{{- define "aro.servingRules" -}}
+- apiGroups: [sts.refresh.dev]
+  resources: [assumedroles]
+  verbs: [get, list, watch]
+- apiGroups: [sts.refresh.dev]
+  resources: [assumedroles/status]
+  verbs: [patch]
+# Server-side apply of a Secret that does not exist yet needs create too.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

@@ -1,0 +1,373 @@
+//! The Helm chart: what it renders, that the API server accepts it, and that
+//! the RBAC it grants is exactly enough, shown by running the operator with a
+//! token of the chart's own ServiceAccount.
+//!
+//! These tests start operators that watch the whole cluster, so `make test`
+//! runs them one at a time, after the other end-to-end tests.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail loudly
+
+#[path = "e2e/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::{path::Path, process::Command};
+
+use assumed_role_operator::api::AssumedRole;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde::Deserialize;
+use serde_json::Value;
+use support::*;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/assumed-role-operator");
+const KUBE_VERSION: &str = "1.36.3";
+
+fn helm(args: &[&str]) -> std::process::Output {
+    let helm = std::env::var("ARO_HELM").unwrap_or_else(|_| "helm".into());
+    Command::new(helm).args(args).output().expect("run helm")
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// Every object of a multi-document YAML stream.
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+const ALL_FEATURES: &[&str] = &[
+    "--set",
+    "watchNamespaces={team-a,team-b}",
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "podDisruptionBudget.enabled=true",
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set",
+    "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/operator",
+];
+
+#[test]
+#[ignore = "needs helm from hack/cluster.sh; run with `make test`"]
+fn chart_lints_and_renders_a_locked_down_deployment() {
+    helm_ok(&["lint", "--strict", CHART]);
+    let mut lint_all = vec!["lint", "--strict", CHART];
+    lint_all.extend_from_slice(ALL_FEATURES);
+    helm_ok(&lint_all);
+
+    let rendered = objects(&helm_ok(&[
+        "template",
+        "aro",
+        CHART,
+        "--namespace",
+        "ops",
+        "--kube-version",
+        KUBE_VERSION,
+    ]));
+    assert_eq!(
+        kinds(&rendered),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let deploy = find(&rendered, "Deployment")[0];
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in [
+        "POD_NAMESPACE",
+        "POD_NAME",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "CONCURRENCY",
+        "LEADER_ELECT",
+    ] {
+        assert!(env.contains(&name), "the Deployment does not set {name}");
+    }
+    let sa = find(&rendered, "ServiceAccount")[0];
+    assert_eq!(sa["automountServiceAccountToken"], false);
+
+    let mut args = vec![
+        "template",
+        "aro",
+        CHART,
+        "--namespace",
+        "ops",
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend_from_slice(ALL_FEATURES);
+    let all = objects(&helm_ok(&args));
+    assert!(
+        find(&all, "ClusterRole").is_empty(),
+        "namespace-limited install still has a ClusterRole"
+    );
+    let role_namespaces: Vec<&str> = find(&all, "Role")
+        .iter()
+        .filter_map(|r| r["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(role_namespaces, ["team-a", "team-b", "ops"]);
+    for kind in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"] {
+        assert_eq!(find(&all, kind).len(), 1, "{kind} missing");
+    }
+    let sa = find(&all, "ServiceAccount")[0];
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/operator"
+    );
+    let env = &find(&all, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "WATCH_NAMESPACES" && e["value"] == "team-a,team-b")
+    );
+
+    // A bad value is refused with a message that names it.
+    let out = helm(&[
+        "template",
+        "aro",
+        CHART,
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "logFormat=xml",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("logFormat"), "{stderr}");
+}
+
+#[test]
+fn chart_versions_and_crds_follow_the_crate() {
+    let chart = std::fs::read_to_string(Path::new(CHART).join("Chart.yaml")).expect("Chart.yaml");
+    let chart: Value = serde_yaml::from_str(&chart).expect("Chart.yaml is YAML");
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    let top = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/assumedroles.sts.refresh.dev.yaml"
+    ));
+    let bundled = std::fs::read_to_string(Path::new(CHART).join("crds/assumedroles.sts.refresh.dev.yaml"));
+    assert_eq!(
+        bundled.expect("chart CRD"),
+        top.expect("top-level CRD"),
+        "run `make crds`"
+    );
+}
+
+/// A release of the chart, uninstalled (with its namespace) on drop.
+struct Release {
+    name: String,
+    ns: String,
+}
+
+impl Release {
+    fn install(name: &str, extra: &[&str]) -> Self {
+        let ns = format!("{name}-system");
+        let mut args = vec!["install", name, CHART, "--namespace", &ns, "--create-namespace"];
+        args.extend_from_slice(extra);
+        helm_ok(&args);
+        Self { name: name.into(), ns }
+    }
+
+    fn manifest(&self) -> Vec<Value> {
+        objects(&helm_ok(&["get", "manifest", &self.name, "--namespace", &self.ns]))
+    }
+
+    /// The operator, run here with a token of the chart's ServiceAccount and
+    /// the environment the chart's Deployment sets.
+    fn operator(&self, sa: &str, dir: &Path) -> Operator {
+        let kubeconfig = token_kubeconfig(&self.ns, sa, dir);
+        let manifest = self.manifest();
+        let container = &find(&manifest, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+        let mut env: Vec<(String, String)> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+            .collect();
+        env.push(("POD_NAMESPACE".into(), self.ns.clone()));
+        env.push(("POD_NAME".into(), format!("{}-0", self.name)));
+        env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        env.push(("LEASE_DURATION_SECONDS".into(), "10".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Operator::start_with(&[], &[], &env)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(&["uninstall", &self.name, "--namespace", &self.ns]);
+        let _ = kubectl(
+            &["delete", "namespace", &self.ns, "--wait=false", "--ignore-not-found"],
+            None,
+        );
+    }
+}
+
+/// A kubeconfig for the local API server that authenticates with a fresh
+/// token of ServiceAccount `sa` (TokenRequest API), and nothing else.
+fn token_kubeconfig(ns: &str, sa: &str, dir: &Path) -> std::path::PathBuf {
+    let token = kubectl(&["create", "token", sa, "-n", ns, "--duration", "1h"], None);
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8(token.stdout).expect("UTF-8").trim().to_string();
+    let view = |path: &str| {
+        let out = kubectl(
+            &["config", "view", "--minify", "-o", &format!("jsonpath={{{path}}}")],
+            None,
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let (server, ca) = (
+        view(".clusters[0].cluster.server"),
+        view(".clusters[0].cluster.certificate-authority"),
+    );
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: '{server}', certificate-authority: '{ca}'}}}}]\n\
+         users: [{{name: {sa}, user: {{token: '{token}'}}}}]\n\
+         contexts: [{{name: {sa}, context: {{cluster: local, user: {sa}}}}}]\ncurrent-context: {sa}\n"
+    );
+    std::fs::write(&path, config).expect("write the kubeconfig");
+    path
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_charts_own_rbac_is_enough_for_the_main_scenario() {
+    let client = client().await;
+    let release = Release::install("aro-rbac", &[]);
+    // Every object of the release was accepted.
+    for object in release.manifest() {
+        let kind = object["kind"].as_str().unwrap().to_lowercase();
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or(&release.ns);
+        let out = kubectl(&["get", &kind, name, "-n", ns], None);
+        assert!(
+            out.status.success(),
+            "{kind}/{name} missing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = helm_ok(&["status", &release.name, "--namespace", &release.ns]);
+    assert!(status.contains("STATUS: deployed"), "{status}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let operator = release.operator("aro-rbac-assumed-role-operator", dir.path());
+    let ns = TestNamespace::create(&client, "chart-rbac").await;
+    main_scenario(&client, &ns.name).await;
+    let log = operator.output();
+    assert!(
+        log.contains("acquired the leader lease"),
+        "no leader election in:\n{log}"
+    );
+    // RBAC refusals read "... is forbidden: User \"system:serviceaccount:...\" cannot ...". (Other
+    // 403s, such as writes into namespaces that other tests are deleting, are not RBAC's.)
+    assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_missing_rule_fails_with_a_clear_forbidden_error() {
+    let client = client().await;
+    let release = Release::install("aro-norule", &[]);
+    // A copy of the ClusterRole without the rule that lets it write Secrets.
+    let role = kubectl(
+        &["get", "clusterrole", "aro-norule-assumed-role-operator", "-o", "json"],
+        None,
+    );
+    let mut role: Value = serde_json::from_slice(&role.stdout).expect("ClusterRole JSON");
+    let rules = role["rules"].as_array_mut().unwrap();
+    let before = rules.len();
+    rules.retain(|r| r["resources"][0] != "secrets");
+    assert_eq!(rules.len(), before - 1);
+    role["metadata"] = serde_json::json!({"name": "aro-norule-assumed-role-operator"});
+    let out = kubectl(&["replace", "-f", "-"], Some(&role.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let operator = release.operator("aro-norule-assumed-role-operator", dir.path());
+    let ns = TestNamespace::create(&client, "chart-norule").await;
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    let ar = wait_ready(&roles, "reader", "False", "Forbidden").await;
+    let (_, _, message) = ready(&ar).expect("Ready");
+    assert!(
+        message.contains("secrets") && message.contains("forbidden"),
+        "{message}"
+    );
+    assert!(
+        operator.output().contains("Forbidden"),
+        "the log does not say Forbidden"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_namespace_limited_install_serves_only_its_namespaces() {
+    let client = client().await;
+    let listed = TestNamespace::create(&client, "listed").await;
+    let unlisted = TestNamespace::create(&client, "unlisted").await;
+    let release = Release::install("aro-ns", &["--set", &format!("watchNamespaces={{{}}}", listed.name)]);
+    assert!(
+        kubectl(&["get", "clusterrole", "aro-ns-assumed-role-operator"], None)
+            .status
+            .code()
+            != Some(0)
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _operator = release.operator("aro-ns-assumed-role-operator", dir.path());
+
+    apply(&assumed_role(&unlisted.name, "reader", ""));
+    main_scenario(&client, &listed.name).await;
+    // By now the operator has served the listed namespace through a whole
+    // scenario; the unlisted AssumedRole has no status and no Secret.
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &unlisted.name);
+    assert!(roles.get("reader").await.expect("AssumedRole").status.is_none());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &unlisted.name);
+    assert!(secrets.get_opt("reader").await.expect("get").is_none());
+}
