@@ -91,29 +91,8 @@ async fn deleting_the_assumed_role_garbage_collects_its_secret() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "gc").await;
     let _operator = Operator::start(&ns.name, &[], &[]);
-    apply(&assumed_role(&ns.name, "reader", ""));
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let secret = wait_for(
-        &secrets,
-        "reader",
-        Duration::from_secs(30),
-        "the Secret",
-        |s: Option<&Secret>| s.is_some(),
-    )
-    .await;
-
-    let out = kubectl(&["delete", "assumedrole", "reader", "-n", &ns.name], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let uid = secret.uid().expect("uid");
-    // The garbage collector notices a new CRD within its 30 s discovery period.
-    wait_deleted(
-        &secrets,
-        "reader",
-        &uid,
-        Duration::from_secs(120),
-        "the garbage collector to delete the Secret",
-    )
-    .await;
+    // Create, working credentials, a refresh, then delete and collection.
+    main_scenario(&client, &ns.name).await;
 }
 
 #[tokio::test]
