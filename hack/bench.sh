@@ -28,6 +28,7 @@ kubectl create namespace bench >/dev/null
 now_ms() { date +%s%3N; }
 start_operator() {
   "$BIN" run --namespace bench --watch-namespaces bench --admin-address 127.0.0.1:0 --log-format text \
+    --log-level info,assumed_role_operator=debug \
     >"$STATE/operator.log" 2>&1 &
   PID=$!
   for _ in $(seq 100); do

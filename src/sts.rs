@@ -11,6 +11,7 @@ use std::{fmt, future::Future, pin::Pin};
 use aws_sdk_sts::{
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
+    operation::assume_role::AssumeRoleError,
     types::{PolicyDescriptorType, Tag},
 };
 use jiff::Timestamp;
@@ -199,16 +200,34 @@ impl Sts for AwsSts {
 
 /// Sorts an SDK error by its code. The messages STS returns never carry
 /// credentials; the SDK's own errors are reduced to their kind and code.
-fn classify<E>(err: SdkError<E, HttpResponse>) -> StsError
-where
-    E: ProvideErrorMetadata + std::error::Error,
-{
+fn classify(err: SdkError<AssumeRoleError, HttpResponse>) -> StsError {
     let (code, message, http_status) = match &err {
-        SdkError::ServiceError(service) => (
-            service.err().code().unwrap_or("Unknown").to_string(),
-            service.err().message().unwrap_or_default().to_string(),
-            service.raw().status().as_u16(),
-        ),
+        SdkError::ServiceError(service) => {
+            let modeled = service.err();
+            let message = modeled.message().unwrap_or_default().to_string();
+            let described = modeled.to_string();
+            // The modeled errors say what they are whatever their metadata.
+            match modeled {
+                AssumeRoleError::ExpiredTokenException(_) => {
+                    return StsError::AccessDenied(described.clone());
+                }
+                AssumeRoleError::MalformedPolicyDocumentException(_) => {
+                    return StsError::InvalidRequest(described.clone());
+                }
+                AssumeRoleError::PackedPolicyTooLargeException(_) => {
+                    return StsError::InvalidRequest(described.clone());
+                }
+                AssumeRoleError::RegionDisabledException(_) => {
+                    return StsError::InvalidRequest(described.clone());
+                }
+                _ => {}
+            }
+            (
+                modeled.code().unwrap_or("Unknown").to_string(),
+                message,
+                service.raw().status().as_u16(),
+            )
+        }
         SdkError::TimeoutError(_) => return StsError::Unavailable("request timed out".into()),
         SdkError::DispatchFailure(_) => return StsError::Unavailable("could not connect to STS".into()),
         SdkError::ResponseError(_) => return StsError::Unavailable("unreadable response from STS".into()),
@@ -243,5 +262,122 @@ where
             400 => StsError::InvalidRequest(text),
             _ => StsError::Unavailable(text),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sts::{
+        Client,
+        config::{http::HttpResponse, retry::RetryConfig},
+        operation::assume_role::{AssumeRoleError, AssumeRoleOutput},
+        types::{AssumedRoleUser, Credentials as StsCredentials, error::MalformedPolicyDocumentException},
+    };
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_types::{DateTime, body::SdkBody};
+
+    use super::*;
+
+    fn request() -> AssumeRoleRequest {
+        AssumeRoleRequest {
+            role_arn: "arn:aws:iam::123456789012:role/reader".into(),
+            role_session_name: "ns.reader".into(),
+            duration_seconds: 900,
+            external_id: None,
+            policy: None,
+            policy_arns: vec![],
+            tags: vec![("team".into(), "billing".into())],
+            transitive_tag_keys: vec![],
+            source_identity: None,
+        }
+    }
+
+    fn sts_error(status: u16, code: &str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
+        let body = format!(
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+             <Code>{code}</Code><Message>from STS</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+        );
+        move || HttpResponse::new(status.try_into().expect("status"), SdkBody::from(body.clone()))
+    }
+
+    async fn call(rule: aws_smithy_mocks::Rule) -> Result<AssumedSession, StsError> {
+        let client = mock_client!(aws_sdk_sts, RuleMode::Sequential, &[&rule], |c| c
+            .retry_config(RetryConfig::disabled()));
+        AwsSts::new(client).assume_role(&request()).await
+    }
+
+    #[tokio::test]
+    async fn sts_error_codes_become_condition_reasons() {
+        for (status, code, reason) in [
+            (403, "AccessDenied", "AccessDenied"),
+            (400, "Throttling", "Throttled"),
+            (400, "ExpiredToken", "AccessDenied"),
+            (400, "ValidationError", "InvalidSpec"),
+            (500, "InternalFailure", "STSUnavailable"),
+        ] {
+            let err = call(mock!(Client::assume_role).then_http_response(sts_error(status, code))).await;
+            assert_eq!(err.map_err(|e| e.reason()).err(), Some(reason), "{status} {code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_error_body_is_judged_by_its_http_status() {
+        for (status, reason) in [(403, "AccessDenied"), (429, "Throttled"), (502, "STSUnavailable")] {
+            let rule = mock!(Client::assume_role).then_http_response(move || {
+                HttpResponse::new(status.try_into().expect("status"), SdkBody::from("<html>"))
+            });
+            assert_eq!(call(rule).await.map_err(|e| e.reason()).err(), Some(reason), "{status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_modeled_error_is_classified_by_its_code() {
+        let rule = mock!(Client::assume_role).then_error(|| {
+            AssumeRoleError::MalformedPolicyDocumentException(
+                MalformedPolicyDocumentException::builder()
+                    .message("bad policy")
+                    .build(),
+            )
+        });
+        let err = call(rule).await.expect_err("an error");
+        assert_eq!(err.reason(), "InvalidSpec");
+        assert!(err.to_string().contains("bad policy"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_success_carries_the_expiration_sts_returned_and_the_session_arn() {
+        let rule = mock!(Client::assume_role)
+            .match_requests(|r| r.duration_seconds() == Some(900) && r.tags().len() == 1)
+            .then_output(|| {
+                AssumeRoleOutput::builder()
+                    .credentials(
+                        StsCredentials::builder()
+                            .access_key_id("ASIAEXAMPLE")
+                            .secret_access_key("secret")
+                            .session_token("token")
+                            .expiration(DateTime::from_secs(1_900_000_000))
+                            .build()
+                            .expect("credentials"),
+                    )
+                    .assumed_role_user(
+                        AssumedRoleUser::builder()
+                            .assumed_role_id("AROA:ns.reader")
+                            .arn("arn:aws:sts::123456789012:assumed-role/reader/ns.reader")
+                            .build()
+                            .expect("user"),
+                    )
+                    .build()
+            });
+        let session = call(rule).await.expect("a session");
+        assert_eq!(session.credentials.expiration.as_second(), 1_900_000_000);
+        assert_eq!(
+            session.assumed_role_arn.as_deref(),
+            Some("arn:aws:sts::123456789012:assumed-role/reader/ns.reader")
+        );
+        let debug = format!("{:?}", session.credentials);
+        assert!(
+            !debug.contains("secret") && !debug.contains("token") && !debug.contains("ASIAEXAMPLE"),
+            "{debug}"
+        );
     }
 }
