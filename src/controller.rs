@@ -621,7 +621,8 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let loops: Vec<BoxFuture<'static, ()>> = scopes
+    let mut stores = Vec::new();
+    let mut loops: Vec<BoxFuture<'static, ()>> = scopes
         .into_iter()
         .map(|ns| {
             let (roles, secrets): (Api<AssumedRole>, Api<PartialObjectMeta<Secret>>) = match &ns {
@@ -632,6 +633,7 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
                 None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
             };
             let (reader, writer) = reflector::store();
+            stores.push(reader.clone());
             // Status writes change no generation: filtering on it keeps the
             // operator's own status patches from waking it up again.
             let roles = watcher(roles, watcher::Config::default().any_semantic())
@@ -666,5 +668,41 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
                 .boxed()
         })
         .collect();
+    loops.push(prune_held(ctx.clone(), stores, shutdown.clone()).boxed());
     futures::future::join_all(loops).await;
+}
+
+/// How often credentials held for deleted AssumedRoles are dropped.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Drops held credentials of AssumedRoles that are gone, so memory follows
+/// the number of live objects. Deletions reach no reconcile: ownerReferences
+/// and the garbage collector clean up the Secret, and this cleans up memory.
+async fn prune_held(
+    ctx: Arc<Context>,
+    stores: Vec<reflector::Store<AssumedRole>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live: std::collections::HashSet<String> = stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter_map(|ar| ar.uid())
+            .collect();
+        if let Ok(mut held) = ctx.held.lock() {
+            let before = held.len();
+            held.retain(|uid, _| live.contains(uid));
+            if held.len() < before {
+                debug!(
+                    dropped = before - held.len(),
+                    "dropped credentials of deleted AssumedRoles"
+                );
+            }
+        }
+    }
 }

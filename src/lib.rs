@@ -73,6 +73,11 @@ impl Error {
         if let Some(kube::Error::Api(status)) = api
             && status.code == 403
         {
+            // A namespace being deleted refuses new objects with 403 too; that
+            // is not RBAC's doing.
+            if status.message.contains("being terminated") {
+                return "NamespaceTerminating";
+            }
             return "Forbidden";
         }
         match self {
@@ -87,3 +92,38 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Forbidden")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn categories_tell_rbac_refusals_from_terminating_namespaces() {
+        let rbac = Error::ApplySecret {
+            name: "s".into(),
+            source: api_error(
+                403,
+                "secrets \"s\" is forbidden: User \"x\" cannot patch resource \"secrets\"",
+            ),
+        };
+        assert_eq!(rbac.category(), "Forbidden");
+        let terminating = Error::ApplySecret {
+            name: "s".into(),
+            source: api_error(
+                403,
+                "unable to create new content in namespace n because it is being terminated",
+            ),
+        };
+        assert_eq!(terminating.category(), "NamespaceTerminating");
+        let other = Error::PatchStatus(api_error(409, "conflict"));
+        assert_eq!(other.category(), "PatchStatus");
+    }
+}
