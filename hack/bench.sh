@@ -69,7 +69,8 @@ kill "$PID"; wait "$PID" 2>/dev/null || true
 t2=$(now_ms)
 start_operator
 deadline=$((SECONDS + 600))
-until (($(grep -c 'no STS call' "$STATE/operator.log" || true) >= N)); do
+judged() { grep 'no STS call' "$STATE/operator.log" | grep -o 'name=[^ ]*' | sort -u | wc -l; }
+until (($(judged) >= N)); do
   ((SECONDS < deadline)) || { echo "restart did not decide on all" >&2; exit 1; }
   sleep 0.2
 done
