@@ -125,7 +125,7 @@ async fn a_suspended_assumed_role_is_left_alone() {
 
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
-async fn credentials_never_appear_in_logs_or_events() {
+async fn credentials_never_appear_in_logs_events_status_or_metrics() {
     let Scene {
         ns,
         roles,
@@ -176,12 +176,18 @@ async fn credentials_never_appear_in_logs_or_events() {
     let events = events_json(&ns.name);
     let statuses = kubectl(&["get", "assumedroles", "-n", &ns.name, "-o", "json"], None);
     let statuses = String::from_utf8_lossy(&statuses.stdout);
+    let (_, metrics) = operator.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("assumed_role_operator_sts_assume_role_calls_total"),
+        "{metrics}"
+    );
     for set in &seen {
         for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
             let value = &set[key];
             assert!(!log.contains(value.as_str()), "{key} appears in the operator's log");
             assert!(!events.contains(value.as_str()), "{key} appears in an Event");
             assert!(!statuses.contains(value.as_str()), "{key} appears in a status");
+            assert!(!metrics.contains(value.as_str()), "{key} appears in the metrics");
         }
     }
 }
