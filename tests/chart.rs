@@ -59,6 +59,21 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
+/// The chart rendered as release `aro` in namespace `ops`, with extra flags.
+fn render(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        "aro",
+        CHART,
+        "--namespace",
+        "ops",
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend_from_slice(extra);
+    objects(&helm_ok(&args))
+}
+
 const ALL_FEATURES: &[&str] = &[
     "--set",
     "watchNamespaces={team-a,team-b}",
@@ -80,15 +95,7 @@ fn chart_lints_and_renders_a_locked_down_deployment() {
     lint_all.extend_from_slice(ALL_FEATURES);
     helm_ok(&lint_all);
 
-    let rendered = objects(&helm_ok(&[
-        "template",
-        "aro",
-        CHART,
-        "--namespace",
-        "ops",
-        "--kube-version",
-        KUBE_VERSION,
-    ]));
+    let rendered = render(&[]);
     assert_eq!(
         kinds(&rendered),
         [
@@ -132,17 +139,7 @@ fn chart_lints_and_renders_a_locked_down_deployment() {
     let sa = find(&rendered, "ServiceAccount")[0];
     assert_eq!(sa["automountServiceAccountToken"], false);
 
-    let mut args = vec![
-        "template",
-        "aro",
-        CHART,
-        "--namespace",
-        "ops",
-        "--kube-version",
-        KUBE_VERSION,
-    ];
-    args.extend_from_slice(ALL_FEATURES);
-    let all = objects(&helm_ok(&args));
+    let all = render(ALL_FEATURES);
     assert!(
         find(&all, "ClusterRole").is_empty(),
         "namespace-limited install still has a ClusterRole"
