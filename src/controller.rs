@@ -706,3 +706,167 @@ async fn prune_held(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration as StdDuration;
+
+    use http::StatusCode;
+    use jiff::SignedDuration;
+
+    use super::*;
+    use crate::fixtures::{self, FakeSts};
+
+    /// Runs `reconcile` beside the mocked API server's `scenario`, and fails
+    /// if the scenario is not done within a second.
+    async fn run<S>(
+        ar: AssumedRole,
+        sts: Arc<FakeSts>,
+        scenario: impl FnOnce(fixtures::ApiServer) -> S,
+    ) -> Result<Action>
+    where
+        S: std::future::Future<Output = fixtures::ApiServer> + Send + 'static,
+    {
+        let (ctx, server) = fixtures::context(sts);
+        let scenario = tokio::spawn(scenario(server));
+        let result = reconcile(Arc::new(ar), ctx).await;
+        let server = tokio::time::timeout(StdDuration::from_secs(1), scenario)
+            .await
+            .expect("the scenario did not finish: a call is missing")
+            .expect("the scenario panicked");
+        server.expect_no_more().await;
+        result
+    }
+
+    #[tokio::test]
+    async fn a_valid_secret_costs_no_sts_call_and_waits_for_the_refresh_time() {
+        let ar = AssumedRole::test();
+        let secret = fixtures::owned_secret(&ar, SignedDuration::from_mins(1), SignedDuration::from_hours(1));
+        let sts = FakeSts::granting();
+        let action = run(ar, sts.clone(), |mut api| async move {
+            api.get_secret(Some(&secret)).await;
+            let status = api.patch_status().await;
+            assert_eq!(status["conditions"][0]["status"], "True");
+            assert_eq!(status["conditions"][0]["reason"], "CredentialsReady");
+            api
+        })
+        .await
+        .expect("reconcile");
+        assert_eq!(sts.calls(), 0);
+        // Refresh when a third of the hour remains: 39 minutes from now, less
+        // at most 6 minutes of jitter.
+        let debug = format!("{action:?}");
+        let wait = action_seconds(&debug);
+        assert!((33 * 60..=39 * 60).contains(&wait), "{debug}");
+    }
+
+    /// The requeue delay of an Action, in whole seconds, from its Debug form.
+    fn action_seconds(debug: &str) -> u64 {
+        let digits: String = debug
+            .split("Some(")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_minted_applied_then_reported() {
+        let sts = FakeSts::granting();
+        run(AssumedRole::test(), sts.clone(), |mut api| async move {
+            api.get_secret(None).await;
+            let applied = api.apply_secret(StatusCode::OK).await;
+            assert_eq!(applied["metadata"]["ownerReferences"][0]["controller"], true);
+            assert!(applied["data"]["credential_process.json"].is_string());
+            let event = api.create_event().await;
+            assert_eq!(event["reason"], "CredentialsRefreshed");
+            let status = api.patch_status().await;
+            assert_eq!(
+                status["assumedRoleArn"],
+                "arn:aws:sts::123456789012:assumed-role/reader/billing.reader"
+            );
+            api
+        })
+        .await
+        .expect("reconcile");
+        assert_eq!(sts.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_sts_failure_never_touches_the_secret() {
+        let ar = AssumedRole::test();
+        // Issued 50 minutes ago for an hour: due.
+        let secret = fixtures::owned_secret(&ar, SignedDuration::from_mins(50), SignedDuration::from_hours(1));
+        let sts = FakeSts::failing(StsError::Throttled("Rate exceeded".into()));
+        run(ar, sts.clone(), |mut api| async move {
+            api.get_secret(Some(&secret)).await;
+            let event = api.create_event().await;
+            assert_eq!(
+                (event["type"].as_str(), event["reason"].as_str()),
+                (Some("Warning"), Some("Throttled"))
+            );
+            let status = api.patch_status().await;
+            assert_eq!(status["conditions"][0]["reason"], "Throttled");
+            assert_eq!(status["consecutiveFailures"], 1);
+            assert!(status["lastFailureTime"].is_string());
+            api
+        })
+        .await
+        .expect("reconcile");
+        assert_eq!(sts.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_secret_write_is_an_error_with_a_category() {
+        let sts = FakeSts::granting();
+        let result = run(AssumedRole::test(), sts, |mut api| async move {
+            api.get_secret(None).await;
+            api.apply_secret(StatusCode::INTERNAL_SERVER_ERROR).await;
+            api
+        })
+        .await;
+        let err = result.expect_err("a failed write");
+        assert_eq!(err.category(), "ApplySecret");
+        assert!(err.to_string().contains("etcd is unhappy"), "{err}");
+    }
+
+    fn failing_status(generation: i64) -> AssumedRoleStatus {
+        AssumedRoleStatus {
+            consecutive_failures: 3,
+            last_failure_time: Some(Time(Timestamp::now())),
+            observed_generation: Some(generation),
+            ..AssumedRoleStatus::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backoff_in_status_defers_the_retry_without_any_call() {
+        let sts = FakeSts::granting();
+        let ar = AssumedRole::test().with_status(failing_status(1));
+        let action = run(ar, sts.clone(), |api| async move { api }).await.expect("reconcile");
+        assert_eq!(sts.calls(), 0);
+        // The third retry waits at most 20 s (5 s doubled twice).
+        let debug = format!("{action:?}");
+        assert!(debug.contains("Some(") && action_seconds(&debug) <= 20, "{debug}");
+    }
+
+    #[tokio::test]
+    async fn a_spec_change_skips_the_backoff() {
+        let sts = FakeSts::granting();
+        let ar = AssumedRole::test().with_generation(2).with_status(failing_status(1));
+        run(ar, sts.clone(), |mut api| async move {
+            api.get_secret(None).await;
+            api.apply_secret(StatusCode::OK).await;
+            api.create_event().await;
+            let status = api.patch_status().await;
+            assert!(status["consecutiveFailures"].is_null(), "a success resets the count");
+            assert_eq!(status["observedGeneration"], 2);
+            api
+        })
+        .await
+        .expect("reconcile");
+        assert_eq!(sts.calls(), 1);
+    }
+}

@@ -14,6 +14,8 @@
 pub mod admin;
 pub mod api;
 pub mod controller;
+#[cfg(test)]
+pub mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod schedule;
