@@ -50,7 +50,7 @@ go_build() { # module_dir out_dir version_ldflags packages...
   local module=$1 out=$2 ldflags=$3; shift 3
   local tmp="$out.tmp.$$"
   rm -rf "$tmp"; mkdir -p "$tmp"
-  (cd "$ROOT/hack/tools/$module" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
+  (cd "$ROOT/hack/tools/$module" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
   rm -rf "$out"; mv "$tmp" "$out"
 }
 
