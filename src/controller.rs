@@ -214,13 +214,7 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
         && let Some(last) = status.last_failure_time.as_ref().map(|t| t.0)
     {
         let expires = status.expiration_time.as_ref().map(|t| t.0);
-        let retry_at = last
-            + schedule::backoff(
-                status.consecutive_failures.unsigned_abs(),
-                last,
-                expires,
-                schedule::jitter_seed(&uid, last),
-            );
+        let retry_at = schedule::retry_at(&uid, status.consecutive_failures, last, expires);
         if now < retry_at {
             debug!(wait = %retry_at.duration_since(now), "waiting out the backoff");
             return Ok(requeue_at(retry_at, now));
@@ -254,7 +248,7 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
                 owned.expiration,
                 existing.as_ref().and_then(secret::credentials_from),
             ) {
-                let refresh = schedule::refresh_time(issued, expires, setting, schedule::jitter_seed(&uid, issued));
+                let refresh = refresh_for(&uid, issued, expires, setting);
                 if now < refresh.at {
                     debug!(name = %ar.name_any(), refresh = %refresh.at, "Secret is valid and not due; no STS call");
                     // What this process learned when it minted these
@@ -293,12 +287,7 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
         }
         Observed::Owned(_) | Observed::Missing => {
             if let Some(mut held) = ctx.held(&uid).filter(|h| h.spec_hash == hash) {
-                let refresh = schedule::refresh_time(
-                    held.issued,
-                    held.creds.expiration,
-                    setting,
-                    schedule::jitter_seed(&uid, held.issued),
-                );
+                let refresh = refresh_for(&uid, held.issued, held.creds.expiration, setting);
                 if now < refresh.at {
                     if held.restores >= MAX_RESTORES {
                         let failure = Failure {
@@ -330,19 +319,25 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
             }
         }
     }
-    mint(ar, ctx, request, hash, setting, now).await
+    mint(ar, ctx, &uid, request, hash, setting, now).await
+}
+
+/// The refresh time of credentials issued to the AssumedRole `uid`, with the
+/// jitter seeded from the UID and the issue time.
+fn refresh_for(uid: &str, issued: Timestamp, expires: Timestamp, setting: RefreshBefore) -> Refresh {
+    schedule::refresh_time(issued, expires, setting, schedule::jitter_seed(uid, issued))
 }
 
 /// Assumes the role, writes the Secret in one apply, then status and one Event.
 async fn mint(
     ar: &AssumedRole,
     ctx: &Context,
+    uid: &str,
     request: AssumeRoleRequest,
     hash: String,
     setting: RefreshBefore,
     now: Timestamp,
 ) -> Result<Action> {
-    let uid = ar.uid().unwrap_or_default();
     debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
     let outcome = ctx.sts.assume_role(&request).await;
     ctx.metrics
@@ -358,8 +353,7 @@ async fn mint(
             return fail(ar, ctx, e.into(), now, true).await;
         }
     };
-    // Whole seconds, like every timestamp in status and annotations.
-    let issued = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let issued = schedule::whole_second(now);
     let held = Held {
         creds: credentials,
         issued,
@@ -369,13 +363,8 @@ async fn mint(
         restores: 0,
     };
     apply_secret(ar, ctx, &held, "refresh").await?;
-    ctx.hold(&uid, held.clone());
-    let refresh = schedule::refresh_time(
-        issued,
-        held.creds.expiration,
-        setting,
-        schedule::jitter_seed(&uid, issued),
-    );
+    ctx.hold(uid, held.clone());
+    let refresh = refresh_for(uid, issued, held.creds.expiration, setting);
     info!(
         secret = %ar.secret_name(),
         expires = %held.creds.expiration,
@@ -485,9 +474,10 @@ async fn fail(ar: &AssumedRole, ctx: &Context, failure: Failure, now: Timestamp,
         now,
     )];
     status.observed_generation = ar.metadata.generation;
+    let failed_at = schedule::whole_second(now);
     if count {
         status.consecutive_failures = failures;
-        status.last_failure_time = Some(Time(now));
+        status.last_failure_time = Some(Time(failed_at));
     }
     // The credentials in the Secret may still be good: keep expiration in
     // status, but there is no planned refresh while failing.
@@ -498,15 +488,9 @@ async fn fail(ar: &AssumedRole, ctx: &Context, failure: Failure, now: Timestamp,
         return Ok(Action::await_change());
     }
     let expires = old.expiration_time.map(|t| t.0);
-    let uid = ar.uid().unwrap_or_default();
-    let wait = schedule::backoff(
-        failures.max(1).unsigned_abs(),
-        now,
-        expires,
-        schedule::jitter_seed(&uid, now),
-    );
-    info!(reason = failure.reason, failures, retry_in = %wait, "attempt failed");
-    Ok(requeue_at(now + wait, now))
+    let retry = schedule::retry_at(&ar.uid().unwrap_or_default(), failures, failed_at, expires);
+    info!(reason = failure.reason, failures, retry_at = %retry, "attempt failed");
+    Ok(requeue_at(retry, now))
 }
 
 fn condition(
@@ -583,26 +567,24 @@ pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> A
         message: error.to_string(),
         retry: true,
     };
-    let ar2 = ar.clone();
+    let now = Timestamp::now();
+    let status = ar.status.clone().unwrap_or_default();
+    // The same count and time that `fail` persists, so the requeue and the
+    // backoff check agree.
+    let failures = status.consecutive_failures.saturating_add(1);
+    let expires = status.expiration_time.map(|t| t.0);
+    let retry = schedule::retry_at(
+        &ar.uid().unwrap_or_default(),
+        failures,
+        schedule::whole_second(now),
+        expires,
+    );
     tokio::spawn(async move {
-        if let Err(e) = fail(&ar2, &ctx, failure, Timestamp::now(), true).await {
+        if let Err(e) = fail(&ar, &ctx, failure, now, true).await {
             warn!(error = %e, "could not report the failure in status");
         }
     });
-    let failures = ar
-        .status
-        .as_ref()
-        .map_or(0, |s| s.consecutive_failures)
-        .saturating_add(1);
-    let now = Timestamp::now();
-    let expires = ar.status.as_ref().and_then(|s| s.expiration_time.as_ref()).map(|t| t.0);
-    let wait = schedule::backoff(
-        failures.unsigned_abs(),
-        now,
-        expires,
-        schedule::jitter_seed(&ar.uid().unwrap_or_default(), now),
-    );
-    Action::requeue(Duration::try_from(wait).unwrap_or(Duration::from_secs(5)))
+    requeue_at(retry, now)
 }
 
 /// Settings of the controller loop.
@@ -757,19 +739,19 @@ mod tests {
         // at most 6 minutes of jitter.
         let debug = format!("{action:?}");
         let wait = action_seconds(&debug);
-        assert!((33 * 60..=39 * 60).contains(&wait), "{debug}");
+        assert!((33.0 * 60.0..=39.0 * 60.0).contains(&wait), "{debug}");
     }
 
-    /// The requeue delay of an Action, in whole seconds, from its Debug form.
-    fn action_seconds(debug: &str) -> u64 {
-        let digits: String = debug
+    /// The requeue delay of an Action, in seconds, from its Debug form.
+    fn action_seconds(debug: &str) -> f64 {
+        let number: String = debug
             .split("Some(")
             .nth(1)
             .unwrap_or_default()
             .chars()
-            .take_while(char::is_ascii_digit)
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
-        digits.parse().unwrap_or_default()
+        number.parse().unwrap_or_default()
     }
 
     #[tokio::test]
@@ -819,6 +801,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failure_requeues_exactly_when_its_persisted_backoff_ends() {
+        let sts = FakeSts::failing(StsError::Unavailable("connection reset".into()));
+        let (written_tx, written_rx) = std::sync::mpsc::channel();
+        // Five failures, the last an hour ago: due for a try, and the sixth
+        // failure backs off up to 160 s, so two unrelated jitters would
+        // hardly ever land within a second of each other.
+        let failing = AssumedRoleStatus {
+            consecutive_failures: 5,
+            last_failure_time: Some(Time(Timestamp::now() - SignedDuration::from_hours(1))),
+            observed_generation: Some(1),
+            ..AssumedRoleStatus::default()
+        };
+        let first = run(
+            AssumedRole::test().with_status(failing),
+            sts.clone(),
+            |mut api| async move {
+                api.get_secret(None).await;
+                api.create_event().await;
+                let _ = written_tx.send(api.patch_status().await);
+                api
+            },
+        )
+        .await
+        .expect("reconcile");
+        let status: AssumedRoleStatus = serde_json::from_value(written_rx.recv().expect("status")).expect("status");
+        assert!(status.last_failure_time.is_some());
+        assert_eq!(status.consecutive_failures, 6);
+
+        // Woken at once (by a Secret event, say): the gate holds it back to
+        // the same instant, without a call.
+        let second = run(AssumedRole::test().with_status(status), sts.clone(), |api| async move {
+            api
+        })
+        .await
+        .expect("reconcile");
+        assert_eq!(sts.calls(), 1);
+        let (a, b) = (
+            action_seconds(&format!("{first:?}")),
+            action_seconds(&format!("{second:?}")),
+        );
+        assert!(
+            (a - b).abs() < 0.25,
+            "the requeue ({a} s) and the backoff check ({b} s) disagree"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_secret_write_is_an_error_with_a_category() {
         let sts = FakeSts::granting();
         let result = run(AssumedRole::test(), sts, |mut api| async move {
@@ -849,7 +878,7 @@ mod tests {
         assert_eq!(sts.calls(), 0);
         // The third retry waits at most 20 s (5 s doubled twice).
         let debug = format!("{action:?}");
-        assert!(debug.contains("Some(") && action_seconds(&debug) <= 20, "{debug}");
+        assert!(debug.contains("Some(") && action_seconds(&debug) <= 20.0, "{debug}");
     }
 
     #[tokio::test]

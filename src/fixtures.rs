@@ -79,8 +79,7 @@ pub fn owned_secret(ar: &AssumedRole, age: SignedDuration, lifetime: SignedDurat
 
 /// An STS that answers every call with the same result and counts calls.
 pub struct FakeSts {
-    /// Calls so far.
-    pub calls: AtomicUsize,
+    calls: AtomicUsize,
     answer: Mutex<Result<AssumedSession, StsError>>,
 }
 

@@ -142,6 +142,21 @@ pub fn backoff(failures: u32, now: Timestamp, expires: Option<Timestamp>, seed: 
     scale(ceiling, seed).max(BACKOFF_MIN)
 }
 
+/// When an AssumedRole of UID `uid` that failed `failures` times, last at
+/// `last_failure`, may try again. Every retry decision reads this one
+/// schedule from the values persisted in status, so a requeue, a restart and
+/// the backoff check at the top of a reconcile all agree.
+pub fn retry_at(uid: &str, failures: i32, last_failure: Timestamp, expires: Option<Timestamp>) -> Timestamp {
+    let seed = jitter_seed(uid, last_failure);
+    last_failure + backoff(failures.max(1).unsigned_abs(), last_failure, expires, seed)
+}
+
+/// `t` without its fraction of a second: the precision of every timestamp in
+/// status and annotations.
+pub fn whole_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,17 +58,6 @@ pub const CREDENTIALS: &str = "credentials";
 /// Key: the expiration, RFC 3339.
 pub const EXPIRATION: &str = "expiration";
 
-/// The data keys the operator writes, all of which must be present.
-pub const DATA_KEYS: [&str; 7] = [
-    ACCESS_KEY_ID,
-    SECRET_ACCESS_KEY,
-    SESSION_TOKEN,
-    CREDENTIAL_PROCESS,
-    CONFIG,
-    CREDENTIALS,
-    EXPIRATION,
-];
-
 /// Hash of the request fields that shape the credentials. A change of any of
 /// them needs new credentials; a change of anything else does not.
 pub fn spec_hash(request: &AssumeRoleRequest) -> String {
@@ -228,10 +217,11 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
     let time = |key: &str| annotations.get(key).and_then(|v| v.parse::<Timestamp>().ok());
     let empty = BTreeMap::new();
     let data = secret.data.as_ref().unwrap_or(&empty);
-    let intact = DATA_KEYS.iter().all(|k| data.contains_key(*k))
-        && annotations
-            .get(DATA_HMAC_ANNOTATION)
-            .is_some_and(|h| *h == data_hmac(hmac_key, data));
+    // The HMAC covers every key and value: an added, removed or edited key
+    // all show as a mismatch.
+    let intact = annotations
+        .get(DATA_HMAC_ANNOTATION)
+        .is_some_and(|h| *h == data_hmac(hmac_key, data));
     Observed::Owned(OwnedSecret {
         expiration: time(EXPIRATION_ANNOTATION),
         issued: time(ISSUED_ANNOTATION),
@@ -352,6 +342,16 @@ mod tests {
         let mut secret = rendered(&ar);
         if let Some(data) = secret.data.as_mut() {
             data.insert(SESSION_TOKEN.into(), ByteString(b"forged".to_vec()));
+        }
+        assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact));
+        let mut secret = rendered(&ar);
+        if let Some(data) = secret.data.as_mut() {
+            data.remove(CONFIG);
+        }
+        assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact));
+        let mut secret = rendered(&ar);
+        if let Some(data) = secret.data.as_mut() {
+            data.insert("extra".into(), ByteString(b"x".to_vec()));
         }
         assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact));
         let secret = rendered(&ar);

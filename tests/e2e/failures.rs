@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use assumed_role_operator::api::AssumedRole;
+use assumed_role_operator::{api::AssumedRole, schedule};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
@@ -66,6 +66,62 @@ async fn access_denied_leaves_the_secret_as_it_was_and_backs_off() {
             )
             .await
             >= 2
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_restarted_operator_waits_out_the_backoff_persisted_in_status() {
+    let env = iam_enforcing_sts();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let Scene {
+        ns,
+        roles,
+        mut operator,
+        ..
+    } = Scene::start("backoff", &[], &env).await;
+    // Never allowed: every try fails, and the backoff grows.
+    apply(&assumed_role(&ns.name, "denied-reader", ""));
+    wait_for(
+        &roles,
+        "denied-reader",
+        Duration::from_secs(90),
+        "three failures",
+        |ar: Option<&AssumedRole>| {
+            ar.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.consecutive_failures >= 3)
+        },
+    )
+    .await;
+    operator.stop();
+    let ar = roles.get("denied-reader").await.expect("AssumedRole");
+    let status = ar.status.clone().expect("status");
+    let last = status.last_failure_time.clone().expect("lastFailureTime").0;
+    let uid = ar.metadata.uid.clone().expect("uid");
+    let retry = schedule::retry_at(&uid, status.consecutive_failures, last, None);
+
+    // A new process reads the schedule from status instead of retrying at once.
+    let _restarted = Operator::start(&ns.name, &[], &env);
+    let failures = status.consecutive_failures;
+    let after = wait_for(
+        &roles,
+        "denied-reader",
+        Duration::from_secs(90),
+        "the next try",
+        move |ar: Option<&AssumedRole>| {
+            ar.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.consecutive_failures > failures)
+        },
+    )
+    .await;
+    let next = after
+        .status
+        .and_then(|s| s.last_failure_time)
+        .expect("lastFailureTime")
+        .0;
+    assert!(
+        next >= schedule::whole_second(retry),
+        "retried at {next}, before the persisted backoff ended at {retry} (last failure {last})"
     );
 }
 
