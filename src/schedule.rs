@@ -78,10 +78,12 @@ pub fn refresh_time(issued: Timestamp, expires: Timestamp, setting: RefreshBefor
     // Jitter only moves the refresh earlier, and never by more than half the
     // time between issue and the planned refresh, so it never reaches the
     // issue time.
+    // Whole seconds throughout, so that rounding never stretches the jitter
+    // past its bound.
     let window = (lifetime * MAX_JITTER_PERCENT as i32 / 100).min(planned.duration_since(issued) / 2);
-    let jitter = scale(window, seed);
+    let jitter = SignedDuration::from_secs(scale(window, seed).as_secs());
     Refresh {
-        at: ceil_to_second(planned - jitter),
+        at: ceil_to_second(planned) - jitter,
         adjustment,
     }
 }
@@ -272,6 +274,16 @@ mod tests {
                 adjustment: None
             }
         );
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth_of_a_lifetime_that_is_no_whole_multiple() {
+        // A third of 1358 s is no whole second: rounding once stretched the
+        // jitter to 136 s, past a tenth of the lifetime.
+        let seed = 18_383_353_200_694_578_901;
+        let plain = refresh_time(at(0), at(1358), RefreshBefore::Default, 0);
+        let jittered = refresh_time(at(0), at(1358), RefreshBefore::Default, seed);
+        assert!(plain.at.duration_since(jittered.at) <= SignedDuration::from_millis(135_800));
     }
 
     #[test]
