@@ -40,6 +40,22 @@ const EXTERNAL_ID_PATTERN: &str = r"^[A-Za-z0-9+=,.@:/_-]+$";
 const DURATION_PATTERN: &str = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$";
 const TAG_KEY_PATTERN: &str = r"^[\p{L}\p{Z}\p{N}_.:/=+@-]+$";
 const TAG_VALUE_PATTERN: &str = r"^[\p{L}\p{Z}\p{N}_.:/=+@-]*$";
+// Kubernetes' rules for label and annotation keys (a qualified name: an
+// optional DNS-subdomain prefix and a slash, then a name of at most 63
+// characters) and label values. CEL gets the shape; `validate` also checks
+// the prefix's exact DNS-subdomain form.
+const QUALIFIED_NAME_PATTERN: &str =
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+/// The API server's limit on the size of all annotations of an object, keys
+/// and values together.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+/// What `spec.secret.annotations` may use of it: the rest is kept for the
+/// operator's own annotations.
+pub const MAX_USER_ANNOTATIONS_BYTES: usize = MAX_ANNOTATIONS_BYTES - 2048;
+/// Label and annotation keys under this prefix are the operator's own.
+pub const RESERVED_PREFIX: &str = "sts.refresh.dev/";
 
 /// Names an IAM role and says how to assume it and where to keep the
 /// credentials.
@@ -173,12 +189,22 @@ pub struct SecretTarget {
     #[schemars(length(max = 64))]
     pub profile: Option<String>,
 
-    /// Labels added to the Secret.
+    /// Labels added to the Secret: keys are qualified names (an optional
+    /// DNS-subdomain prefix and `/`, then at most 63 characters), values at
+    /// most 63 characters of letters, digits and `-_.`, as for any label.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(k, k.matches('{QUALIFIED_NAME_PATTERN}') && !k.startsWith('{RESERVED_PREFIX}'))")).message("spec.secret.labels: every key must be a qualified name (an optional DNS-subdomain prefix and '/', then 1 to 63 letters, digits and -_.), outside sts.refresh.dev/"))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(k, size(self[k]) <= 63 && self[k].matches('{LABEL_VALUE_PATTERN}'))")).message("spec.secret.labels: every value must be at most 63 letters, digits and -_., starting and ending with a letter or digit"))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 63}))]
     pub labels: BTreeMap<String, String>,
 
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret: keys are qualified names, and keys
+    /// and values together take at most 254 KiB (the API server allows 256
+    /// KiB, and the operator's own annotations need the rest).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(k, k.matches('{QUALIFIED_NAME_PATTERN}') && !k.startsWith('{RESERVED_PREFIX}'))")).message("spec.secret.annotations: every key must be a qualified name (an optional DNS-subdomain prefix and '/', then 1 to 63 letters, digits and -_.), outside sts.refresh.dev/"))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.map(k, size(bytes(k)) + size(bytes(self[k]))).sum() <= {MAX_USER_ANNOTATIONS_BYTES}")).message("spec.secret.annotations: keys and values together must not exceed 254 KiB"))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": MAX_USER_ANNOTATIONS_BYTES}))]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -248,6 +274,29 @@ static SESSION_NAME: LazyLock<Regex> = LazyLock::new(|| compiled(SESSION_NAME_PA
 static EXTERNAL_ID: LazyLock<Regex> = LazyLock::new(|| compiled(EXTERNAL_ID_PATTERN));
 static TAG_KEY: LazyLock<Regex> = LazyLock::new(|| compiled(TAG_KEY_PATTERN));
 static TAG_VALUE: LazyLock<Regex> = LazyLock::new(|| compiled(TAG_VALUE_PATTERN));
+static QUALIFIED_NAME: LazyLock<Regex> = LazyLock::new(|| compiled(QUALIFIED_NAME_PATTERN));
+static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| compiled(DNS_SUBDOMAIN_PATTERN));
+static LABEL_VALUE: LazyLock<Regex> = LazyLock::new(|| compiled(LABEL_VALUE_PATTERN));
+
+/// Why `key` is not a label or annotation key the API server accepts (or is
+/// one of the operator's own), if it is not.
+fn key_problem(key: &str) -> Option<String> {
+    let prefix_ok = match key.split_once('/') {
+        Some((prefix, _)) => prefix.len() <= 253 && DNS_SUBDOMAIN.is_match(prefix),
+        None => true,
+    };
+    if !prefix_ok || !QUALIFIED_NAME.is_match(key) {
+        return Some(format!(
+            "key {key:?} must be a qualified name: an optional DNS-subdomain prefix and '/', then 1 to 63 letters, digits and -_., starting and ending with a letter or digit"
+        ));
+    }
+    if key.starts_with(RESERVED_PREFIX) {
+        return Some(format!(
+            "key {key:?} is under {RESERVED_PREFIX}, which the operator keeps for itself"
+        ));
+    }
+    None
+}
 
 /// How far ahead of expiry the spec asks to refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,7 +347,8 @@ impl AssumedRoleSpec {
             ));
         }
         if let Some(policy) = &self.policy {
-            if policy.is_empty() || policy.len() > 2048 {
+            // STS and CEL's size() count characters, not bytes.
+            if policy.is_empty() || policy.chars().count() > 2048 {
                 return Err(invalid("spec.policy", "must be 1 to 2048 characters"));
             }
             match serde_json::from_str::<serde_json::Value>(policy) {
@@ -345,6 +395,34 @@ impl AssumedRoleSpec {
             ));
         }
         self.refresh_before()?;
+        for (key, value) in &self.secret.labels {
+            if let Some(problem) = key_problem(key) {
+                return Err(invalid("spec.secret.labels", problem));
+            }
+            if value.len() > 63 || !LABEL_VALUE.is_match(value) {
+                return Err(invalid(
+                    "spec.secret.labels",
+                    format!(
+                        "value of {key:?} must be at most 63 letters, digits and -_., starting and ending with a letter or digit"
+                    ),
+                ));
+            }
+        }
+        let mut annotation_bytes = 0;
+        for (key, value) in &self.secret.annotations {
+            if let Some(problem) = key_problem(key) {
+                return Err(invalid("spec.secret.annotations", problem));
+            }
+            annotation_bytes += key.len() + value.len();
+        }
+        if annotation_bytes > MAX_USER_ANNOTATIONS_BYTES {
+            return Err(invalid(
+                "spec.secret.annotations",
+                format!(
+                    "keys and values take {annotation_bytes} bytes, more than the {MAX_USER_ANNOTATIONS_BYTES} allowed"
+                ),
+            ));
+        }
         if let Some(path) = &self.secret.mount_path
             && (!path.starts_with('/') || path.contains(char::is_whitespace))
         {
@@ -628,6 +706,69 @@ mod tests {
         assert_eq!(rust(spec(json!({"externalId": "tenant:42/a"}))), Ok(()));
         assert!(cel(spec(json!({"secret": {"mountPath": "relative"}}))).is_err());
         assert!(cel(spec(json!({"secret": {"name": "Not_A_Name"}}))).is_err());
+    }
+
+    #[test]
+    fn secret_labels_follow_the_api_servers_rules_in_cel_and_rust() {
+        let long = "v".repeat(64);
+        for (labels, ok) in [
+            (json!({"team": "billing"}), true),
+            (json!({"example.com/team": "billing", "a": ""}), true),
+            (json!({"team": "a-b_c.d"}), true),
+            (json!({"has space": "x"}), false),
+            (json!({"team": "has space"}), false),
+            (json!({"team": long}), false),
+            (json!({"team": "-leading"}), false),
+            (json!({"Example.com/team": "x"}), false),
+            (json!({"/team": "x"}), false),
+            (json!({"sts.refresh.dev/expiration": "x"}), false),
+        ] {
+            let s = spec(json!({"secret": {"labels": labels}}));
+            let (cel, rust) = (cel(s.clone()), rust(s));
+            assert_eq!(cel.is_ok(), ok, "CEL on {labels}: {cel:?}");
+            assert_eq!(rust.is_ok(), ok, "validate on {labels}: {rust:?}");
+            if !ok {
+                assert!(cel.unwrap_err().contains("spec.secret.labels"), "{labels}");
+                assert_eq!(rust.map_err(|e| e.field), Err("spec.secret.labels"));
+            }
+        }
+        // The exact DNS-subdomain prefix is checked by validate().
+        let s = spec(json!({"secret": {"labels": {"a..b/team": "x"}}}));
+        assert_eq!(rust(s).map_err(|e| e.field), Err("spec.secret.labels"));
+    }
+
+    #[test]
+    fn secret_annotations_need_qualified_keys_and_fit_the_api_servers_size_limit() {
+        let s = spec(json!({"secret": {"annotations": {"example.com/note": "any text, even with spaces"}}}));
+        assert_eq!(cel(s.clone()), Ok(()));
+        assert_eq!(rust(s), Ok(()));
+        let s = spec(json!({"secret": {"annotations": {"a note": "x"}}}));
+        assert!(
+            cel(s.clone())
+                .expect_err("a bad key")
+                .contains("spec.secret.annotations")
+        );
+        assert_eq!(rust(s).map_err(|e| e.field), Err("spec.secret.annotations"));
+        // Two values that fit one by one but not together; in bytes, as the
+        // API server counts them ("é" is two).
+        let half = "é".repeat(MAX_USER_ANNOTATIONS_BYTES / 4 + 1);
+        let s = spec(json!({"secret": {"annotations": {"a": half, "b": half}}}));
+        assert!(cel(s.clone()).expect_err("too large").contains("254 KiB"));
+        assert_eq!(rust(s).map_err(|e| e.field), Err("spec.secret.annotations"));
+    }
+
+    #[test]
+    fn the_policy_length_is_counted_in_characters_as_sts_does() {
+        // 1,509 characters, 3,009 bytes.
+        let policy = format!(r#"{{"Sid":"{}"}}"#, "é".repeat(1499));
+        assert_eq!(policy.chars().count(), 1509);
+        // The API server's CEL counts characters too, as the end-to-end test
+        // shows; the client-side CEL library counts bytes, so it is left out.
+        assert_eq!(rust(spec(json!({ "policy": policy }))), Ok(()));
+        let policy = format!(r#"{{"Sid":"{}"}}"#, "é".repeat(2040));
+        let s = spec(json!({ "policy": policy }));
+        assert!(cel(s.clone()).is_err());
+        assert_eq!(rust(s).map_err(|e| e.field), Err("spec.policy"));
     }
 
     #[test]

@@ -126,3 +126,57 @@ async fn kubectl_apply_rejects_a_bad_role_arn_and_a_short_duration_naming_the_fi
         "a rejected object was stored"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn kubectl_apply_rejects_labels_and_annotations_the_api_server_would_refuse_on_the_secret() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "labels").await;
+    let long = "v".repeat(64);
+    let cases = [
+        ("labels: {'has space': x}", "spec.secret.labels"),
+        (&*format!("labels: {{team: {long}}}"), "spec.secret.labels"),
+        ("labels: {team: 'not a value'}", "spec.secret.labels"),
+        ("annotations: {'a note': x}", "spec.secret.annotations"),
+        (
+            "annotations: {'sts.refresh.dev/expiration': '2099-01-01T00:00:00Z'}",
+            "spec.secret.annotations",
+        ),
+    ];
+    for (secret, field) in cases {
+        let yaml = format!(
+            "apiVersion: sts.refresh.dev/v1alpha1\nkind: AssumedRole\nmetadata: {{name: bad, namespace: {}}}\n\
+             spec:\n  roleArn: arn:aws:iam::123456789012:role/r\n  secret: {{{secret}}}\n",
+            ns.name
+        );
+        let out = kubectl(&["apply", "-f", "-"], Some(&yaml));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{secret:?} was admitted");
+        assert!(
+            stderr.contains(field),
+            "the error for {secret:?} does not name {field}: {stderr}"
+        );
+    }
+    // What the API server accepts on a Secret is admitted.
+    apply(&assumed_role(
+        &ns.name,
+        "good",
+        "  secret:\n    labels: {example.com/team: billing, tier: ''}\n    annotations: {example.com/note: 'any text at all'}\n",
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_policy_is_measured_in_characters_as_sts_measures_it() {
+    let Scene {
+        ns, roles, operator, ..
+    } = Scene::start("policy-length", &[], &[]).await;
+    // 1,509 characters in more than 2,048 bytes: within STS's 2,048
+    // characters.
+    let policy = format!(r#"{{"Version":"2012-10-17","Sid":"{}"}}"#, "é".repeat(1476));
+    assert_eq!(policy.chars().count(), 1509);
+    assert!(policy.len() > 2048);
+    apply(&assumed_role(&ns.name, "reader", &format!("  policy: '{policy}'\n")));
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    assert_eq!(operator.sts_calls().await, 1);
+}
