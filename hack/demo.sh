@@ -2,20 +2,44 @@
 # Starts the local control plane and STS, runs the operator, applies
 # examples/assumedrole.yaml, and shows the Secret being refreshed. Stops
 # everything on exit (Ctrl-C, or after three rotations).
+#
+# Honours CARGO_TARGET_DIR (where the operator is built), ROTATIONS (how many
+# refreshes to show, default 3) and ARO_DEMO_STATE (where the control plane
+# keeps its state, default .cluster/). Fails at once, with the operator's last
+# log lines, if the operator stops.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-STATE="$ROOT/.cluster"
+STATE="${ARO_DEMO_STATE:-$ROOT/.cluster}"
 ROTATIONS="${ROTATIONS:-3}"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/assumed-role-operator"
+
+die() { echo "demo: error: $*" >&2; exit 1; }
 
 OPERATOR_PID=""
 cleanup() {
-  [[ -n $OPERATOR_PID ]] && kill "$OPERATOR_PID" 2>/dev/null && wait "$OPERATOR_PID" 2>/dev/null
+  local rc=$?
+  if [[ -n $OPERATOR_PID ]] && kill "$OPERATOR_PID" 2>/dev/null; then
+    wait "$OPERATOR_PID" 2>/dev/null || true
+  fi
   hack/cluster.sh down "$STATE"
+  exit "$rc"
 }
 trap cleanup EXIT
 
+# Fails the demo if the operator is no longer running, showing why.
+operator_alive() {
+  kill -0 "$OPERATOR_PID" 2>/dev/null && return 0
+  local rc=0
+  wait "$OPERATOR_PID" || rc=$?
+  OPERATOR_PID=""
+  echo "demo: the operator exited (status $rc); its last log lines:" >&2
+  tail -n 20 "$STATE/logs/operator.log" >&2 || true
+  die "the operator stopped; fix what its log says and run the demo again"
+}
+
 cargo build --locked --quiet
+[[ -x $BIN ]] || die "no operator binary at $BIN after the build (is CARGO_TARGET_DIR right?)"
 hack/cluster.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"
@@ -23,8 +47,15 @@ kubectl apply -f crds/
 kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev >/dev/null
 kubectl create namespace assumed-role-operator --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
-target/debug/assumed-role-operator run --namespace assumed-role-operator >"$STATE/logs/operator.log" 2>&1 &
+"$BIN" run --namespace assumed-role-operator --admin-address 127.0.0.1:0 >"$STATE/logs/operator.log" 2>&1 &
 OPERATOR_PID=$!
+# Up once its admin server listens; a process that dies first fails the demo.
+for _ in $(seq 100); do
+  operator_alive
+  grep -q "admin server listening" "$STATE/logs/operator.log" && break
+  sleep 0.1
+done
+grep -q "admin server listening" "$STATE/logs/operator.log" || die "the operator did not start within 10 s; see $STATE/logs/operator.log"
 echo "operator running (PID $OPERATOR_PID), logs in $STATE/logs/operator.log"
 
 kubectl apply -f examples/assumedrole.yaml
@@ -34,7 +65,9 @@ ns=$(kubectl get -f examples/assumedrole.yaml -o jsonpath='{.metadata.namespace}
 last=""
 seen=0
 deadline=$((SECONDS + 120 * ROTATIONS))
-while ((seen <= ROTATIONS && SECONDS < deadline)); do
+while ((seen <= ROTATIONS)); do
+  operator_alive
+  ((SECONDS < deadline)) || die "saw $seen of $((ROTATIONS + 1)) sets of credentials before the deadline; see $STATE/logs/operator.log"
   exp=$(kubectl -n "$ns" get secret "$secret" -o jsonpath='{.data.expiration}' 2>/dev/null | base64 -d || true)
   if [[ -n $exp && $exp != "$last" ]]; then
     # A fingerprint of the access key, so each rotation shows without printing it.

@@ -23,6 +23,8 @@ trap cleanup EXIT
 hack/cluster.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"
+# First the operator on a control plane without the CRD; the test installs it.
+cargo test --locked --test startup -- --ignored "$@"
 kubectl apply -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev >/dev/null
 # The tests each run their own operator in a namespace of their own, so they
@@ -30,3 +32,5 @@ kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refr
 cargo test --locked --test e2e -- --ignored --test-threads "${E2E_THREADS:-4}" "$@"
 # The chart tests run operators that watch the whole cluster: one at a time.
 cargo test --locked --test chart -- --ignored --test-threads 1 "$@"
+# The demo starts control planes of its own.
+cargo test --locked --test demo -- --ignored --test-threads 1 "$@"

@@ -12,17 +12,18 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     ByteString,
-    api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    api::{
+        core::v1::Secret,
+        events::v1::{Event as K8sEvent, EventSeries},
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
-        predicates, reflector, watcher,
+        Controller, WatchStreamExt, controller::Action, events::EventType, predicates, reflector, reflector::ObjectRef,
+        watcher,
     },
 };
 use serde_json::json;
@@ -31,6 +32,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Error, Result,
     api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
+    events,
     metrics::Metrics,
     schedule::{self, Adjustment, Refresh},
     secret::{self, Observed},
@@ -58,7 +60,7 @@ pub struct Context {
     /// The STS client.
     pub sts: Arc<dyn Sts>,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     /// Key of the data HMAC.
     pub hmac_key: Vec<u8>,
     /// Metrics, shared with the admin server.
@@ -66,6 +68,9 @@ pub struct Context {
     /// The latest credentials per AssumedRole UID, so that a deleted or
     /// edited Secret can be restored without calling STS.
     held: Mutex<HashMap<String, Held>>,
+    /// The caches of owned Secrets' metadata, one per watched scope, filled
+    /// by [`run`].
+    owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +80,13 @@ struct Held {
     spec_hash: String,
     assumed_role_arn: Option<String>,
     source_identity: Option<String>,
+    /// The Secret these credentials are meant for.
+    secret_name: String,
+    /// Whether they reached that Secret. A minted set whose write failed is
+    /// held too, so that the retry writes it instead of calling STS again.
+    written: bool,
+    /// Restores of this set into this Secret after another writer changed
+    /// or deleted it.
     restores: u32,
 }
 
@@ -87,18 +99,34 @@ impl Context {
         metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventPublisher::new(client.clone(), instance),
             client,
             sts,
             hmac_key,
             metrics,
             held: Mutex::default(),
+            owned_secrets: Mutex::default(),
         }
+    }
+
+    /// Names of the Secrets in `namespace` that the AssumedRole `uid`
+    /// controls, other than `current`: left behind by a rename.
+    fn stale_secrets(&self, namespace: &str, uid: &str, current: &str) -> Vec<(String, Option<String>)> {
+        let Ok(stores) = self.owned_secrets.lock() else {
+            return Vec::new();
+        };
+        stores
+            .iter()
+            .flat_map(|store| store.state())
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace) && s.name_any() != current)
+            .filter(|s| {
+                s.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "AssumedRole")
+            })
+            .map(|s| (s.name_any(), s.metadata.uid.clone()))
+            .collect()
     }
 
     fn held(&self, uid: &str) -> Option<Held> {
@@ -208,9 +236,11 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
     };
 
     // A failing AssumedRole waits out its backoff, even across restarts,
-    // unless its spec changed.
+    // unless its spec changed or it failed on a Secret conflict: that one
+    // is over as soon as the other Secret is gone, and a watch says when.
     if status.consecutive_failures > 0
         && !spec_changed
+        && !lost_a_conflict(&status)
         && let Some(last) = status.last_failure_time.as_ref().map(|t| t.0)
     {
         let expires = status.expiration_time.as_ref().map(|t| t.0);
@@ -265,7 +295,9 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
                         source_identity: previous
                             .as_ref()
                             .map_or_else(|| status.source_identity.clone(), |p| p.source_identity.clone()),
-                        restores: previous.map_or(0, |p| p.restores),
+                        secret_name: name.clone(),
+                        written: true,
+                        restores: previous.filter(|p| p.secret_name == name).map_or(0, |p| p.restores),
                     };
                     if owned.layout_hash.as_deref() != Some(secret::layout_hash(ar).as_str()) {
                         // Labels, annotations, mount path or profile changed:
@@ -281,6 +313,7 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
                         .await;
                     }
                     ctx.hold(&uid, held.clone());
+                    remove_stale_secrets(ar, ctx, &namespace, &uid, &name).await;
                     return succeed(ar, ctx, &held, refresh, now, None).await;
                 }
             }
@@ -289,7 +322,19 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
             if let Some(mut held) = ctx.held(&uid).filter(|h| h.spec_hash == hash) {
                 let refresh = refresh_for(&uid, held.issued, held.creds.expiration, setting);
                 if now < refresh.at {
-                    if held.restores >= MAX_RESTORES {
+                    // Only a Secret that already held this set and lost it
+                    // to another writer counts as a restore; a first write
+                    // that failed, or a new Secret name, does not.
+                    let kind = if held.secret_name != name {
+                        held.secret_name = name.clone();
+                        held.restores = 0;
+                        "layout"
+                    } else if !held.written {
+                        "refresh"
+                    } else {
+                        "restore"
+                    };
+                    if kind == "restore" && held.restores >= MAX_RESTORES {
                         let failure = Failure {
                             reason: "SecretContested",
                             message: format!(
@@ -302,24 +347,49 @@ async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Act
                         fail(ar, ctx, failure, now, false).await?;
                         return Ok(requeue_at(refresh.at, now));
                     }
-                    held.restores += 1;
-                    apply_secret(ar, ctx, &held, "restore").await?;
+                    apply_secret(ar, ctx, &held, kind).await?;
+                    if kind == "restore" {
+                        held.restores += 1;
+                    }
+                    held.written = true;
                     ctx.hold(&uid, held.clone());
-                    info!(secret = %name, restores = held.restores, "restored the Secret from held credentials");
-                    publish(
-                        ctx,
-                        ar,
-                        EventType::Normal,
-                        "SecretRestored",
-                        format!("restored Secret {name} without calling STS"),
-                    )
-                    .await;
-                    return succeed(ar, ctx, &held, refresh, now, None).await;
+                    remove_stale_secrets(ar, ctx, &namespace, &uid, &name).await;
+                    let (reason, note, refreshed) = match kind {
+                        "restore" => {
+                            info!(secret = %name, restores = held.restores, "restored the Secret from held credentials");
+                            (
+                                "SecretRestored",
+                                format!("restored Secret {name} without calling STS"),
+                                None,
+                            )
+                        }
+                        "layout" => (
+                            "SecretUpdated",
+                            format!("wrote the current credentials to Secret {name} without calling STS"),
+                            None,
+                        ),
+                        _ => (
+                            "CredentialsRefreshed",
+                            format!("wrote new credentials to Secret {name}"),
+                            Some(held.issued),
+                        ),
+                    };
+                    publish(ctx, ar, EventType::Normal, reason, note).await;
+                    return succeed(ar, ctx, &held, refresh, now, refreshed).await;
                 }
             }
         }
     }
+
     mint(ar, ctx, &uid, request, hash, setting, now).await
+}
+
+/// Whether the last failure recorded in `status` was a Secret conflict.
+fn lost_a_conflict(status: &AssumedRoleStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.reason == "SecretConflict")
 }
 
 /// The refresh time of credentials issued to the AssumedRole `uid`, with the
@@ -354,16 +424,25 @@ async fn mint(
         }
     };
     let issued = schedule::whole_second(now);
-    let held = Held {
+    let mut held = Held {
         creds: credentials,
         issued,
         spec_hash: hash,
         assumed_role_arn,
         source_identity,
+        secret_name: ar.secret_name(),
+        written: false,
         restores: 0,
     };
-    apply_secret(ar, ctx, &held, "refresh").await?;
+    // Held before the write: if the write fails, the retry writes this set
+    // rather than calling STS again.
     ctx.hold(uid, held.clone());
+    apply_secret(ar, ctx, &held, "refresh").await?;
+    held.written = true;
+    ctx.hold(uid, held.clone());
+    if let Some(namespace) = ar.namespace() {
+        remove_stale_secrets(ar, ctx, &namespace, uid, &held.secret_name).await;
+    }
     let refresh = refresh_for(uid, issued, held.creds.expiration, setting);
     info!(
         secret = %ar.secret_name(),
@@ -371,14 +450,23 @@ async fn mint(
         refresh = %refresh.at,
         "wrote new credentials"
     );
-    succeed(ar, ctx, &held, refresh, now, Some(now)).await
+    publish(
+        ctx,
+        ar,
+        EventType::Normal,
+        "CredentialsRefreshed",
+        format!("wrote new credentials to Secret {}", ar.secret_name()),
+    )
+    .await;
+    succeed(ar, ctx, &held, refresh, now, Some(issued)).await
 }
 
 async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held, kind: &'static str) -> Result<()> {
     let name = ar.secret_name();
     let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
+    let namespace = ar.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -388,6 +476,44 @@ async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held, kind: &'stat
     .map_err(|source| Error::ApplySecret { name, source })?;
     ctx.metrics.secret_write(kind);
     Ok(())
+}
+
+/// Deletes the Secrets this AssumedRole controls under other names than
+/// `current`, once `current` holds its credentials: what a rename of
+/// `spec.secret.name` left behind would otherwise keep credentials that are
+/// never refreshed. A failure is logged and retried at the next write.
+async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, namespace: &str, uid: &str, current: &str) {
+    let stale = ctx.stale_secrets(namespace, uid, current);
+    if stale.is_empty() {
+        return;
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    for (name, secret_uid) in stale {
+        // Only the object that was seen: never one created since under the
+        // same name.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: secret_uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {
+                info!(secret = %name, current = %current, "deleted a Secret left behind by a rename");
+                publish(
+                    ctx,
+                    ar,
+                    EventType::Normal,
+                    "SecretRemoved",
+                    format!("deleted Secret {name}: the credentials now live in Secret {current}"),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => warn!(secret = %name, error = %crate::api_message(&e), "could not delete a stale Secret"),
+        }
+    }
 }
 
 /// Writes a Ready status for `held` and requeues at the refresh time.
@@ -431,16 +557,6 @@ async fn succeed(
         source_identity: held.source_identity.clone(),
         observed_generation: ar.metadata.generation,
     };
-    if refreshed_at.is_some() {
-        publish(
-            ctx,
-            ar,
-            EventType::Normal,
-            "CredentialsRefreshed",
-            format!("wrote new credentials to Secret {}", ar.secret_name()),
-        )
-        .await;
-    }
     patch_status(ar, ctx, status).await?;
     Ok(requeue_at(refresh.at, now))
 }
@@ -539,15 +655,108 @@ async fn patch_status(ar: &AssumedRole, ctx: &Context, status: AssumedRoleStatus
 }
 
 async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &ar.object_ref(&())).await {
-        warn!(error = %e, "could not publish an Event");
+    if let Err(e) = ctx.events.publish(ar, type_, reason, &note).await {
+        warn!(error = %crate::api_message(&e), "could not publish an Event");
+    }
+}
+
+/// Folds repeats of an Event into a series for this long, as kube-runtime's
+/// recorder does.
+const EVENT_SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
+
+/// Publishes `events.k8s.io/v1` Events about AssumedRoles. Like
+/// kube-runtime's `Recorder`, it folds a repeat into the first Event's
+/// series; unlike it, it fits the Event's name and note to the API server's
+/// limits whatever the object's name and the message (see
+/// [`crate::events`]).
+pub struct EventPublisher {
+    client: Client,
+    instance: String,
+    series: tokio::sync::Mutex<HashMap<EventKey, K8sEvent>>,
+}
+
+/// What makes two Events the same one, repeated: the object (by UID), the
+/// reason, the type and the note.
+type EventKey = (String, String, &'static str, String);
+
+impl EventPublisher {
+    /// A publisher that reports as `instance` (the pod's name), or as the
+    /// controller when there is none.
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        Self {
+            client,
+            instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()),
+            series: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Publishes one Event regarding `ar`, or counts a repeat of the last one
+    /// with the same type and reason.
+    pub async fn publish(
+        &self,
+        ar: &AssumedRole,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        let namespace = ar.namespace().unwrap_or_else(|| "default".into());
+        let name = ar.name_any();
+        let type_name = match type_ {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        };
+        let now = Timestamp::now();
+        let key = (
+            ar.uid().unwrap_or_default(),
+            reason.to_string(),
+            type_name,
+            events::fit_note(note),
+        );
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+        // The lock is never held across a call to the API server.
+        let repeat = {
+            let mut series = self.series.lock().await;
+            series.retain(|_, e| {
+                let last = e
+                    .series
+                    .as_ref()
+                    .map(|s| s.last_observed_time.0)
+                    .or(e.event_time.as_ref().map(|t| t.0));
+                last.is_some_and(|t| t + EVENT_SERIES_TTL > now)
+            });
+            series.get_mut(&key).map(|previous| {
+                let count = previous.series.as_ref().map_or(2, |s| s.count + 1);
+                previous.series = Some(EventSeries {
+                    count,
+                    last_observed_time: MicroTime(now),
+                });
+                (previous.name_any(), json!({"series": previous.series}))
+            })
+        };
+        if let Some((event_name, patch)) = repeat {
+            api.patch(&event_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            return Ok(());
+        }
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(events::event_name(&name, now)),
+                namespace: Some(namespace),
+                ..ObjectMeta::default()
+            },
+            action: Some("Reconcile".into()),
+            reason: Some(reason.into()),
+            note: Some(key.3.clone()),
+            type_: Some(type_name.into()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(ar.object_ref(&())),
+            reporting_controller: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..K8sEvent::default()
+        };
+        let created = api.create(&PostParams::default(), &event).await?;
+        self.series.lock().await.insert(key, created);
+        Ok(())
     }
 }
 
@@ -596,14 +805,22 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
-/// Runs the controller until `shutdown` is cancelled.
-pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sync::CancellationToken) {
+/// Runs the controller until `shutdown` is cancelled. `ready` turns true once
+/// the watches have synced, and false when the controller stops.
+pub async fn run(
+    ctx: Arc<Context>,
+    settings: Settings,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
     let mut stores = Vec::new();
+    let mut ready_stores = Vec::new();
+    let mut secret_ready = Vec::new();
     let mut loops: Vec<BoxFuture<'static, ()>> = scopes
         .into_iter()
         .map(|ns| {
@@ -616,6 +833,7 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
             };
             let (reader, writer) = reflector::store();
             stores.push(reader.clone());
+            ready_stores.push(reader.clone());
             // Status writes change no generation: filtering on it keeps the
             // operator's own status patches from waking it up again.
             let roles = watcher(roles, watcher::Config::default().any_semantic())
@@ -623,19 +841,29 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
                 .reflect(writer)
                 .applied_objects()
                 .predicate_filter(predicates::generation, Default::default());
-            // Owned Secrets are watched as metadata only, so their payloads
-            // never enter the cache.
+            // Owned Secrets are watched and cached as metadata only, so their
+            // payloads never enter the cache.
+            let (secret_reader, secret_writer) = reflector::store();
+            secret_ready.push(secret_reader.clone());
+            if let Ok(mut owned) = ctx.owned_secrets.lock() {
+                owned.push(secret_reader);
+            }
             let owned = watcher(
                 secrets,
                 watcher::Config::default().labels(secret::SELECTOR).any_semantic(),
             )
             .default_backoff()
+            .reflect(secret_writer)
             .touched_objects()
             .predicate_filter(predicates::resource_version, Default::default());
             let ctx = ctx.clone();
             let token = shutdown.clone();
+            let wanting = reader.clone();
             Controller::for_stream(roles, reader)
-                .owns_stream(owned)
+                // A change to a Secret, or its deletion, wakes its owner and
+                // every AssumedRole that names it: one that lost a conflict
+                // takes the name over as soon as it is free.
+                .watches_stream(owned, move |secret| interested(&wanting, &secret))
                 .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
                 .graceful_shutdown_on(async move { token.cancelled_owned().await })
                 .run(reconcile, error_policy, ctx)
@@ -644,6 +872,9 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
                         Ok((obj, _)) => {
                             debug!(name = %obj.name, namespace = ?obj.namespace, "reconciled")
                         }
+                        Err(kube::runtime::controller::Error::QueueError(e)) => {
+                            warn!(error = %e, "watch failed; retrying")
+                        }
                         Err(e) => debug!(error = %e, "reconcile loop error"),
                     }
                 })
@@ -651,7 +882,128 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: tokio_util::sy
         })
         .collect();
     loops.push(prune_held(ctx.clone(), stores, shutdown.clone()).boxed());
-    futures::future::join_all(loops).await;
+    // Ready once every cache holds a first full list.
+    let synced_flag = ready.clone();
+    let synced_shutdown = shutdown.clone();
+    loops.push(
+        async move {
+            let synced = async {
+                for store in &ready_stores {
+                    let _ = store.wait_until_ready().await;
+                }
+                for store in &secret_ready {
+                    let _ = store.wait_until_ready().await;
+                }
+            };
+            tokio::select! {
+                () = synced => {
+                    info!("watches synced");
+                    synced_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                () = synced_shutdown.cancelled() => {}
+            }
+        }
+        .boxed(),
+    );
+    let loops = futures::future::join_all(loops);
+    // On shutdown the controller stops taking work and lets the reconciles
+    // in flight finish, for at most SHUTDOWN_GRACE. Before the caches have
+    // synced nothing is in flight, and kube-runtime would wait for a sync
+    // that no longer comes: stop at once.
+    let stopped = async {
+        shutdown.cancelled().await;
+        if ready.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
+        }
+    };
+    tokio::select! {
+        _ = loops => {}
+        () = stopped => {}
+    }
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How long the reconciles in flight may take to finish after a shutdown
+/// begins: less than the chart's `terminationGracePeriodSeconds` (30 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// The AssumedRoles that a change to `secret` concerns: its controller, and
+/// every AssumedRole in its namespace that wants a Secret of its name.
+fn interested(
+    roles: &reflector::Store<AssumedRole>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<AssumedRole>> {
+    let name = secret.name_any();
+    let namespace = secret.namespace();
+    let owner = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "AssumedRole")
+        .map(|o| o.uid.clone());
+    roles
+        .state()
+        .iter()
+        .filter(|ar| ar.namespace() == namespace)
+        .filter(|ar| ar.secret_name() == name || (owner.is_some() && ar.uid() == owner))
+        .map(|ar| ObjectRef::from_obj(ar.as_ref()))
+        .collect()
+}
+
+/// How often a missing CRD is looked for again.
+const CRD_RECHECK: Duration = Duration::from_secs(5);
+
+/// Checks that the AssumedRole CRD is installed and readable in every scope,
+/// and while it is not, says so at error level and checks again every few
+/// seconds. Returns false when `shutdown` came first.
+pub async fn wait_for_crd(
+    client: &Client,
+    namespaces: &[String],
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let apis: Vec<Api<AssumedRole>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let crd = format!("{}.{}", AssumedRole::plural(&()), AssumedRole::group(&()));
+    let mut said = None;
+    loop {
+        let mut problem = None;
+        for api in &apis {
+            match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    problem = Some(format!(
+                        "the CustomResourceDefinition {crd} is not installed; install it with `kubectl apply -f crds/` \
+                         (or the chart's crds/), and the operator starts serving at once"
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    problem = Some(format!("cannot list AssumedRoles: {}", crate::api_message(&e)));
+                    break;
+                }
+            }
+        }
+        let Some(problem) = problem else {
+            if said.is_some() {
+                info!(crd = %crd, "the CustomResourceDefinition is installed");
+            }
+            return true;
+        };
+        if said.as_ref() != Some(&problem) {
+            tracing::error!("{problem}");
+            said = Some(problem);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(CRD_RECHECK) => {}
+        }
+    }
 }
 
 /// How often credentials held for deleted AssumedRoles are dropped.

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod events;
 #[cfg(test)]
 pub mod fixtures;
 pub mod leader;
@@ -28,7 +29,7 @@ pub mod sts;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the target Secret failed.
-    #[error("reading Secret {name}: {source}")]
+    #[error("reading Secret {name}: {}", api_message(.source))]
     GetSecret {
         /// The Secret's name.
         name: String,
@@ -37,7 +38,7 @@ pub enum Error {
         source: kube::Error,
     },
     /// Writing the target Secret failed.
-    #[error("applying Secret {name}: {source}")]
+    #[error("applying Secret {name}: {}", api_message(.source))]
     ApplySecret {
         /// The Secret's name.
         name: String,
@@ -46,10 +47,10 @@ pub enum Error {
         source: kube::Error,
     },
     /// Writing the AssumedRole's status failed.
-    #[error("patching status: {0}")]
+    #[error("patching status: {}", api_message(.0))]
     PatchStatus(#[source] kube::Error),
     /// Reading or creating the key that signs Secret data failed.
-    #[error("loading the HMAC key Secret {name}: {source}")]
+    #[error("loading the HMAC key Secret {name}: {}", api_message(.source))]
     HmacKey {
         /// The Secret's name.
         name: String,
@@ -92,6 +93,29 @@ impl Error {
     }
 }
 
+/// What the API server (or the connection to it) said, in its own words: the
+/// `message` of a Status, not the client's debug dump of it.
+pub fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        kube::Error::Api(status) => format!("{} (HTTP {})", status.reason, status.code),
+        other => {
+            // The client's own errors read best with their causes.
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -127,5 +151,18 @@ mod tests {
         assert_eq!(terminating.category(), "NamespaceTerminating");
         let other = Error::PatchStatus(api_error(409, "conflict"));
         assert_eq!(other.category(), "PatchStatus");
+    }
+
+    #[test]
+    fn api_errors_read_as_the_api_servers_message_not_a_debug_dump() {
+        let err = Error::ApplySecret {
+            name: "reader".into(),
+            source: api_error(422, "Secret \"reader\" is invalid: metadata.labels: Invalid value"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "applying Secret reader: Secret \"reader\" is invalid: metadata.labels: Invalid value"
+        );
+        assert!(!err.to_string().contains("Status {"), "{err}");
     }
 }

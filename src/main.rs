@@ -114,11 +114,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         state.metrics.clone(),
         args.pod_name.clone(),
     ));
-    state.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let settings = Settings {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,
     };
+    if !controller::wait_for_crd(&ctx.client, &settings.namespaces, &shutdown).await {
+        return stop(admin_server, false).await;
+    }
+    let ready = state.ready.clone();
     let lost = if args.leader_elect {
         let identity = args
             .pod_name
@@ -130,16 +133,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             &identity,
             args.lease_duration_seconds,
             shutdown.clone(),
-            |token| controller::run(ctx, settings, token),
+            |token| controller::run(ctx, settings, ready, token),
         )
         .await
         .context("leader election")?;
         outcome == leader::Outcome::Lost
     } else {
-        controller::run(ctx, settings, shutdown.clone()).await;
+        controller::run(ctx, settings, ready, shutdown.clone()).await;
         false
     };
     shutdown.cancel();
+    stop(admin_server, lost).await
+}
+
+/// Waits for the admin server to close, and says how the process ends.
+async fn stop(admin_server: tokio::task::JoinHandle<std::io::Result<()>>, lost: bool) -> anyhow::Result<()> {
     admin_server
         .await
         .context("admin server task")?

@@ -40,8 +40,17 @@ pub const SPEC_HASH_ANNOTATION: &str = "sts.refresh.dev/spec-hash";
 /// Annotation: hash of the spec fields that shape the Secret but not the
 /// credentials (labels, annotations, mount path, profile).
 pub const LAYOUT_HASH_ANNOTATION: &str = "sts.refresh.dev/layout-hash";
-/// Annotation: keyed hash of the data.
+/// Annotation: keyed hash of the data and of every annotation above, so
+/// that nothing the operator decides from can be changed unnoticed.
 pub const DATA_HMAC_ANNOTATION: &str = "sts.refresh.dev/data-hmac";
+
+/// The annotations the operator decides from, all covered by the keyed hash.
+pub const SIGNED_ANNOTATIONS: [&str; 4] = [
+    ISSUED_ANNOTATION,
+    EXPIRATION_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+    LAYOUT_HASH_ANNOTATION,
+];
 
 /// Key for `envFrom`: the access key ID.
 pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
@@ -87,16 +96,28 @@ pub fn layout_hash(ar: &AssumedRole) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// Keyed hash of a Secret's data: each key and value, length-prefixed, in key
-/// order.
-pub fn data_hmac(key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
+/// Keyed hash of what the operator wrote and reads back: the
+/// [`SIGNED_ANNOTATIONS`] (an absent one differs from an empty one), then
+/// each data key and value, every field length-prefixed, in key order.
+pub fn data_hmac(key: &[u8], annotations: &BTreeMap<String, String>, data: &BTreeMap<String, ByteString>) -> String {
     #[allow(clippy::expect_used)] // HMAC accepts keys of any length
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut field = |bytes: &[u8]| {
+        mac.update(&(bytes.len() as u64).to_be_bytes());
+        mac.update(bytes);
+    };
+    for name in SIGNED_ANNOTATIONS {
+        match annotations.get(name) {
+            Some(value) => {
+                field(b"+");
+                field(value.as_bytes());
+            }
+            None => field(b"-"),
+        }
+    }
     for (k, v) in data {
-        mac.update(&(k.len() as u64).to_be_bytes());
-        mac.update(k.as_bytes());
-        mac.update(&(v.0.len() as u64).to_be_bytes());
-        mac.update(&v.0);
+        field(k.as_bytes());
+        field(&v.0);
     }
     hex::encode(mac.finalize().into_bytes())
 }
@@ -157,7 +178,8 @@ pub fn render_secret(
     annotations.insert(ISSUED_ANNOTATION.into(), issued.to_string());
     annotations.insert(SPEC_HASH_ANNOTATION.into(), spec_hash.into());
     annotations.insert(LAYOUT_HASH_ANNOTATION.into(), layout_hash(ar));
-    annotations.insert(DATA_HMAC_ANNOTATION.into(), data_hmac(hmac_key, &data));
+    let signature = data_hmac(hmac_key, &annotations, &data);
+    annotations.insert(DATA_HMAC_ANNOTATION.into(), signature);
     Secret {
         metadata: ObjectMeta {
             name: Some(ar.secret_name()),
@@ -217,11 +239,11 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
     let time = |key: &str| annotations.get(key).and_then(|v| v.parse::<Timestamp>().ok());
     let empty = BTreeMap::new();
     let data = secret.data.as_ref().unwrap_or(&empty);
-    // The HMAC covers every key and value: an added, removed or edited key
-    // all show as a mismatch.
+    // The HMAC covers every data key and value and every annotation read
+    // below: an added, removed or edited one all show as a mismatch.
     let intact = annotations
         .get(DATA_HMAC_ANNOTATION)
-        .is_some_and(|h| *h == data_hmac(hmac_key, data));
+        .is_some_and(|h| *h == data_hmac(hmac_key, annotations, data));
     Observed::Owned(OwnedSecret {
         expiration: time(EXPIRATION_ANNOTATION),
         issued: time(ISSUED_ANNOTATION),
@@ -356,6 +378,33 @@ mod tests {
         assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact));
         let secret = rendered(&ar);
         assert!(matches!(observe(&ar, Some(&secret), b"other key"), Observed::Owned(o) if !o.intact));
+    }
+
+    #[test]
+    fn every_annotation_the_operator_decides_from_is_signed() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        for name in SIGNED_ANNOTATIONS {
+            for edit in [Some("2099-01-01T00:00:00Z"), None] {
+                let mut secret = rendered(&ar);
+                let annotations = secret.metadata.annotations.get_or_insert_default();
+                match edit {
+                    Some(value) => annotations.insert(name.into(), value.into()),
+                    None => annotations.remove(name),
+                };
+                assert!(
+                    matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if !o.intact),
+                    "{name} changed to {edit:?} unnoticed"
+                );
+            }
+        }
+        // Annotations of the user's own are not the operator's to judge.
+        let mut secret = rendered(&ar);
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("example.com/note".into(), "x".into());
+        assert!(matches!(observe(&ar, Some(&secret), b"k"), Observed::Owned(o) if o.intact));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::{fmt, future::Future, pin::Pin};
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sts::{
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
@@ -108,6 +109,11 @@ pub enum StsError {
     /// STS could not be reached or failed on its side.
     #[error("STS unavailable: {0}")]
     Unavailable(String),
+    /// The operator has no credentials of its own to call STS with: no
+    /// provider of the default chain (environment, config files, IRSA, EKS
+    /// Pod Identity, instance metadata) gave any.
+    #[error("no AWS credentials for the operator: {0}")]
+    NoCredentials(String),
 }
 
 impl StsError {
@@ -118,6 +124,7 @@ impl StsError {
             Self::Throttled(_) => "Throttled",
             Self::InvalidRequest(_) => "InvalidSpec",
             Self::Unavailable(_) => "STSUnavailable",
+            Self::NoCredentials(_) => "NoCredentials",
         }
     }
 }
@@ -201,6 +208,9 @@ impl Sts for AwsSts {
 /// Sorts an SDK error by its code. The messages STS returns never carry
 /// credentials; the SDK's own errors are reduced to their kind and code.
 fn classify(err: SdkError<AssumeRoleError, HttpResponse>) -> StsError {
+    if let Some(problem) = credentials_problem(&err) {
+        return StsError::NoCredentials(problem);
+    }
     let (code, message, http_status) = match &err {
         SdkError::ServiceError(service) => {
             let modeled = service.err();
@@ -265,6 +275,29 @@ fn classify(err: SdkError<AssumeRoleError, HttpResponse>) -> StsError {
     }
 }
 
+/// The SDK's own explanation, when the call failed because the operator's
+/// credentials could not be loaded. The SDK reports that as a dispatch
+/// failure; the credentials error is in its chain of causes.
+fn credentials_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(creds) = e.downcast_ref::<CredentialsError>() {
+            // The error and its causes, as the SDK words them. None of them
+            // carries a credential.
+            let mut text = creds.to_string();
+            let mut cause = std::error::Error::source(creds);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            return Some(text);
+        }
+        source = e.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use aws_sdk_sts::{
@@ -318,6 +351,49 @@ mod tests {
             let err = call(mock!(Client::assume_role).then_http_response(sts_error(status, code))).await;
             assert_eq!(err.map_err(|e| e.reason()).err(), Some(reason), "{status} {code}");
         }
+    }
+
+    #[tokio::test]
+    async fn missing_operator_credentials_are_no_credentials_with_the_sdks_words() {
+        // What the default chain answers when no source has credentials;
+        // the end-to-end test runs the real chain.
+        let chain = aws_credential_types::credential_fn::provide_credentials_fn(|| async {
+            Err(CredentialsError::not_loaded(
+                "no providers in chain provided credentials",
+            ))
+        });
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(chain)
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let err = AwsSts::new(Client::from_conf(config))
+            .assume_role(&request())
+            .await
+            .expect_err("no credentials");
+        assert_eq!(err.reason(), "NoCredentials", "{err}");
+        assert!(
+            err.to_string().contains("no providers in chain provided credentials"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_sts_is_unavailable() {
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(aws_sdk_sts::config::Credentials::for_tests())
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let err = AwsSts::new(Client::from_conf(config))
+            .assume_role(&request())
+            .await
+            .expect_err("nothing listens on port 9");
+        assert_eq!(err.reason(), "STSUnavailable", "{err}");
     }
 
     #[tokio::test]

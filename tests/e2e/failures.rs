@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use assumed_role_operator::{api::AssumedRole, schedule};
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use kube::{Api, ResourceExt};
 
 use crate::support::*;
 
@@ -246,4 +246,118 @@ async fn credentials_never_appear_in_logs_events_status_or_metrics() {
             assert!(!metrics.contains(value.as_str()), "{key} appears in the metrics");
         }
     }
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_failed_secret_write_is_retried_with_the_credentials_already_minted() {
+    let Scene {
+        ns,
+        roles,
+        secrets,
+        operator,
+        ..
+    } = Scene::start("write-retry", &[], &[]).await;
+    // Up first: the operator keeps its own key in this namespace.
+    operator.wait_ready().await;
+    let deny = DenySecretWrites::install(&ns.name, "Secrets are frozen in this namespace").await;
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let ar = wait_ready(&roles, "reader", "False", "ApplySecret").await;
+    let (_, _, message) = ready(&ar).expect("Ready");
+    assert!(message.contains("Secrets are frozen"), "{message}");
+    // Retried with backoff, each time without a new STS call.
+    wait_for(
+        &roles,
+        "reader",
+        Duration::from_secs(60),
+        "three failed writes",
+        |ar: Option<&AssumedRole>| {
+            ar.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.consecutive_failures >= 3)
+        },
+    )
+    .await;
+    assert_eq!(operator.sts_calls().await, 1, "a failed write cost another STS call");
+
+    deny.remove(&ns.name).await;
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    assert_eq!(operator.sts_calls().await, 1, "the write after the failures called STS");
+    let secret = secrets.get("reader").await.expect("Secret");
+    caller_arn(&secret)
+        .await
+        .expect("the credentials minted before the failures work");
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn an_operator_without_aws_credentials_says_so_in_the_sdks_words() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "no-creds").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client, &ns.name);
+    // No keys, no profile, no web identity, no container or instance
+    // metadata: nothing in the default chain has credentials.
+    let remove = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ];
+    let env = [
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws/config"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws/credentials"),
+    ];
+    let _operator = Operator::start_without(&ns.name, &remove, &env);
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let ar = wait_ready(&roles, "reader", "False", "NoCredentials").await;
+    let (_, _, message) = ready(&ar).expect("Ready");
+    // The SDK's own account of the chain it tried.
+    assert!(message.contains("no credentials found in chain"), "{message}");
+    assert!(message.contains("Ec2InstanceMetadata"), "{message}");
+    assert!(!message.contains("could not connect"), "{message}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn warning_events_reach_the_api_server_whatever_the_name_and_message() {
+    let Scene {
+        ns, roles, operator, ..
+    } = Scene::start("events", &[], &[]).await;
+    // Up first: the operator keeps its own key in this namespace.
+    operator.wait_ready().await;
+    // The API server's own words, longer than an Event note may be.
+    let reason = "no Secret may be written here: ".to_string() + &"the policy says so. ".repeat(60);
+    let _deny = DenySecretWrites::install(&ns.name, &reason).await;
+    // A name as long as an object name may be (253), so that the Event's
+    // name has to be shortened.
+    let name = format!("r{}", "e".repeat(252));
+    apply(&format!(
+        "apiVersion: sts.refresh.dev/v1alpha1\nkind: AssumedRole\nmetadata: {{name: {name}, namespace: {}}}\n\
+         spec:\n  roleArn: arn:aws:iam::{}:role/reader\n  secret: {{name: aws}}\n",
+        ns.name,
+        account()
+    ));
+    wait_ready(&roles, &name, "False", "ApplySecret").await;
+    let warning = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "a Warning Event about the failed write",
+        || async {
+            events(&ns.name)
+                .into_iter()
+                .find(|e| e["reason"] == "ApplySecret" && e["type"] == "Warning")
+        },
+    )
+    .await;
+    let note = warning["note"].as_str().expect("a note");
+    assert!(note.len() <= 1024, "{} bytes", note.len());
+    assert!(note.starts_with("applying Secret aws: "), "{note}");
+    assert!(note.contains("no Secret may be written here"), "{note}");
+    assert!(!note.contains("Status {"), "a debug dump: {note}");
+    assert_eq!(warning["regarding"]["name"], name.as_str());
+    assert!(warning["metadata"]["name"].as_str().expect("name").len() <= 253);
 }

@@ -7,6 +7,7 @@
 
 mod basic;
 mod failures;
+mod lifecycle;
 mod refresh;
 mod repair;
 mod sdk;

@@ -94,6 +94,21 @@ impl Operator {
 
     /// Starts the operator with exactly these `run` arguments plus `args`.
     pub fn start_with(base: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(base, args, env, &[])
+    }
+
+    /// Starts the operator watching `namespace`, without the environment
+    /// variables named in `remove`.
+    pub fn start_without(namespace: &str, remove: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(
+            &["--namespace", namespace, "--watch-namespaces", namespace],
+            &[],
+            env,
+            remove,
+        )
+    }
+
+    fn start_full(base: &[&str], args: &[&str], env: &[(&str, &str)], remove: &[&str]) -> Self {
         require_cluster();
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("operator.log");
@@ -108,6 +123,9 @@ impl Operator {
             .stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        for k in remove {
+            cmd.env_remove(k);
         }
         let child = cmd.spawn().expect("start the operator");
         Self { child, log, _dir: dir }
@@ -170,6 +188,44 @@ impl Operator {
     pub async fn sts_calls(&self) -> u64 {
         self.counter("assumed_role_operator_sts_assume_role_calls_total", None)
             .await
+    }
+
+    /// Waits until `/readyz` answers 200: the watches have synced, and the
+    /// key that signs Secret data exists.
+    pub async fn wait_ready(&self) {
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            "operator readiness",
+            || async { (self.admin_get("/readyz").await.0 == 200).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the process to exit.
+    /// Returns its exit status and how long it took, or `None` if it was
+    /// still running (it is then killed).
+    pub async fn terminate(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = std::time::Instant::now();
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "could not signal the operator");
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the operator") {
+                return Some((status, started.elapsed()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.stop();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops it (SIGKILL) and waits for it to exit.
@@ -440,4 +496,93 @@ pub async fn main_scenario(client: &Client, ns: &str) {
         "the Secret to be collected",
     )
     .await;
+}
+
+/// A ValidatingAdmissionPolicy that refuses every create and update of a
+/// Secret in one namespace with `message`, so that the operator's writes fail
+/// the way a real admission policy makes them fail. Removed when dropped.
+pub struct DenySecretWrites {
+    name: String,
+}
+
+impl DenySecretWrites {
+    /// Installs the policy and waits until the API server enforces it.
+    pub async fn install(ns: &str, message: &str) -> Self {
+        let name = format!("deny-secrets-{ns}");
+        let message = serde_json::to_string(message).expect("JSON string");
+        apply(&format!(
+            "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [''], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [secrets]}}
+  validations:
+  - {{expression: 'false', message: {message}}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+"
+        ));
+        // The policy takes effect once the API server has compiled it.
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the admission policy to take effect",
+            || async {
+                let out = kubectl(
+                    &["create", "secret", "generic", "probe", "-n", ns, "--dry-run=server"],
+                    None,
+                );
+                (!out.status.success()).then_some(())
+            },
+        )
+        .await;
+        Self { name }
+    }
+
+    /// Removes the policy and waits until Secrets can be written again.
+    pub async fn remove(self, ns: &str) {
+        drop(self);
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the admission policy to be lifted",
+            || async {
+                let out = kubectl(
+                    &["create", "secret", "generic", "probe", "-n", ns, "--dry-run=server"],
+                    None,
+                );
+                out.status.success().then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for DenySecretWrites {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            let _ = Command::new("kubectl")
+                .args(["delete", kind, &self.name, "--ignore-not-found"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The Events in `ns` as JSON objects.
+pub fn events(ns: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(&events_json(ns)).expect("Event list JSON");
+    list["items"].as_array().cloned().unwrap_or_default()
 }

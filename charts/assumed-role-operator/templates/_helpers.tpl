@@ -40,10 +40,12 @@ app.kubernetes.io/part-of: assumed-role-operator
 - apiGroups: [sts.refresh.dev]
   resources: [assumedroles/status]
   verbs: [patch]
-# Server-side apply of a Secret that does not exist yet needs create too.
+# Server-side apply of a Secret that does not exist yet needs create too;
+# delete removes the Secret an AssumedRole left behind when its
+# spec.secret.name changed.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
