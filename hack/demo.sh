@@ -34,7 +34,8 @@ operator_alive() {
   wait "$OPERATOR_PID" || rc=$?
   OPERATOR_PID=""
   echo "demo: the operator exited (status $rc); its last log lines:" >&2
-  tail -n 20 "$STATE/logs/operator.log" >&2 || true
+  # Its own words, without a backtrace that RUST_BACKTRACE may add.
+  sed '/[Bb]acktrace:$/,$d' "$STATE/logs/operator.log" | tail -n 20 >&2 || true
   die "the operator stopped; fix what its log says and run the demo again"
 }
 

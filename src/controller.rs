@@ -1,6 +1,12 @@
-//! The controller: wiring, [`reconcile`], [`error_policy`] and the
-//! [`Context`] they share. This module and [`crate::sts`] are the only places
-//! with effects; every decision is made by the pure modules.
+//! The controller: wiring, [`reconcile`] and the executor that carries out
+//! the [`Plan`] that [`plan::decide`] returns, [`error_policy`], and the
+//! [`Context`] they share. The effects live here (and in [`crate::sts`]):
+//! reading and writing the Secret, calling STS, writing status and Events.
+//!
+//! One reconcile: an event wakes it; the Secret is read if the plan needs it;
+//! [`plan::decide`] returns one plan; the executor carries it out and ends in
+//! a [`Report`]; [`status::next`] turns that into the new status, which is
+//! written, with a Warning Event only on a transition.
 
 use std::{
     collections::HashMap,
@@ -11,12 +17,11 @@ use std::{
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
-    ByteString,
     api::{
         core::v1::Secret,
         events::v1::{Event as K8sEvent, EventSeries},
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -29,29 +34,23 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+pub use crate::plan::MAX_RESTORES;
 use crate::{
     Error, Result,
-    api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
+    api::{AssumedRole, AssumedRoleStatus},
     events,
+    memory::Memory,
     metrics::Metrics,
-    schedule::{self, Adjustment, Refresh},
-    secret::{self, Observed},
-    sts::{AssumeRoleRequest, AssumedSession, Credentials, Sts, StsError},
+    outcome::{Failure, Reason, Retry},
+    plan::{self, Facts, Held, Plan, Remembered, SecretView, Serving, Target},
+    schedule::{self, Refresh},
+    secret,
+    status::{self, Report},
+    sts::{AssumedSession, Sts},
 };
 
 /// Field manager for every write the operator makes.
 pub const FIELD_MANAGER: &str = "assumed-role-operator";
-/// Name of the Secret, in the operator's namespace, that holds the key for
-/// the data HMAC.
-pub const HMAC_KEY_SECRET: &str = "assumed-role-operator-hmac-key";
-/// Restores of one set of credentials before the operator concludes that
-/// another writer is fighting it and stops.
-pub const MAX_RESTORES: u32 = 3;
-
-/// The condition type that says whether the Secret is good to use.
-pub const READY: &str = "Ready";
-/// The condition type that says a refresh setting was adjusted.
-pub const REFRESH_ADJUSTED: &str = "RefreshAdjusted";
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -65,29 +64,11 @@ pub struct Context {
     pub hmac_key: Vec<u8>,
     /// Metrics, shared with the admin server.
     pub metrics: Arc<Metrics>,
-    /// The latest credentials per AssumedRole UID, so that a deleted or
-    /// edited Secret can be restored without calling STS.
-    held: Mutex<HashMap<String, Held>>,
+    /// Held credentials and remembered failures, per AssumedRole.
+    pub memory: Memory,
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
     owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
-}
-
-#[derive(Clone)]
-struct Held {
-    creds: Credentials,
-    issued: Timestamp,
-    spec_hash: String,
-    assumed_role_arn: Option<String>,
-    source_identity: Option<String>,
-    /// The Secret these credentials are meant for.
-    secret_name: String,
-    /// Whether they reached that Secret. A minted set whose write failed is
-    /// held too, so that the retry writes it instead of calling STS again.
-    written: bool,
-    /// Restores of this set into this Secret after another writer changed
-    /// or deleted it.
-    restores: u32,
 }
 
 impl Context {
@@ -105,13 +86,13 @@ impl Context {
             sts,
             hmac_key,
             metrics,
-            held: Mutex::default(),
+            memory: Memory::default(),
             owned_secrets: Mutex::default(),
         }
     }
 
-    /// Names of the Secrets in `namespace` that the AssumedRole `uid`
-    /// controls, other than `current`: left behind by a rename.
+    /// Names and UIDs of the Secrets in `namespace` that the AssumedRole
+    /// `uid` controls, other than `current`: left behind by a rename.
     fn stale_secrets(&self, namespace: &str, uid: &str, current: &str) -> Vec<(String, Option<String>)> {
         let Ok(stores) = self.owned_secrets.lock() else {
             return Vec::new();
@@ -128,366 +109,323 @@ impl Context {
             .map(|s| (s.name_any(), s.metadata.uid.clone()))
             .collect()
     }
-
-    fn held(&self, uid: &str) -> Option<Held> {
-        self.held.lock().ok().and_then(|h| h.get(uid).cloned())
-    }
-
-    fn hold(&self, uid: &str, held: Held) {
-        if let Ok(mut map) = self.held.lock() {
-            map.insert(uid.to_string(), held);
-        }
-    }
-}
-
-/// Reads the HMAC key from its Secret in `namespace`, creating it with a
-/// random key on first start.
-pub async fn load_hmac_key(client: Client, namespace: &str) -> Result<Vec<u8>> {
-    let api: Api<Secret> = Api::namespaced(client, namespace);
-    let err = |source| Error::HmacKey {
-        name: HMAC_KEY_SECRET.into(),
-        source,
-    };
-    for _ in 0..3 {
-        if let Some(secret) = api.get_opt(HMAC_KEY_SECRET).await.map_err(err)?
-            && let Some(key) = secret.data.and_then(|mut d| d.remove("key"))
-            && key.0.len() >= 32
-        {
-            return Ok(key.0);
-        }
-        let mut key = vec![0u8; 32];
-        getrandom::fill(&mut key).map_err(|_| Error::MissingMetadata("random source"))?;
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(HMAC_KEY_SECRET.into()),
-                labels: Some([(secret::MANAGED_BY_LABEL.into(), secret::MANAGED_BY.into())].into()),
-                ..Default::default()
-            },
-            data: Some([("key".to_string(), ByteString(key.clone()))].into()),
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &secret).await {
-            Ok(_) => return Ok(key),
-            // Another replica created it first: read theirs.
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Err(Error::MissingMetadata("HMAC key after three attempts"))
-}
-
-/// Why an attempt failed, in the terms the status and Events use.
-#[derive(Debug)]
-struct Failure {
-    reason: &'static str,
-    message: String,
-    /// Retry after the backoff; otherwise wait for a change.
-    retry: bool,
-}
-
-impl From<StsError> for Failure {
-    fn from(e: StsError) -> Self {
-        Self {
-            reason: e.reason(),
-            message: e.to_string(),
-            retry: true,
-        }
-    }
 }
 
 /// Brings one AssumedRole's Secret and status in line with its spec.
+/// Failures are recorded here, in status, memory and Events, through the
+/// same path as successes; only an object without the metadata the API
+/// server always sets comes back as an error.
 pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
-    let result = reconcile_once(&ar, &ctx).await;
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-    let label = result.as_ref().map_or_else(Error::category, |_| "success");
-    ctx.metrics
-        .reconciles
-        .get_or_create(&crate::metrics::ResultLabels { result: label })
-        .inc();
-    result
-}
-
-async fn reconcile_once(ar: &Arc<AssumedRole>, ctx: &Arc<Context>) -> Result<Action> {
-    let now = Timestamp::now();
-    let namespace = ar.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let uid = ar.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let status = ar.status.clone().unwrap_or_default();
-    let spec_changed = status.observed_generation != ar.metadata.generation;
-
-    if ar.spec.suspend {
-        let failure = Failure {
-            reason: "Suspended",
-            message: "refresh is suspended; the Secret is left as it is".into(),
-            retry: false,
-        };
-        return fail(ar, ctx, failure, now, false).await;
-    }
-    let setting = match ar.spec.validate().and_then(|()| ar.spec.refresh_before()) {
-        Ok(setting) => setting,
-        Err(invalid) => {
-            let failure = Failure {
-                reason: "InvalidSpec",
-                message: invalid.to_string(),
-                retry: false,
-            };
-            return fail(ar, ctx, failure, now, true).await;
-        }
+    let target = Target::of(&ar);
+    let (action, reason) = match &target {
+        Ok(target) => execute(&ar, &ctx, target, Timestamp::now()).await,
+        Err(_) => (Action::await_change(), Reason::MissingMetadata),
     };
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconcile(reason.category());
+    target.map(|_| action)
+}
 
-    // A failing AssumedRole waits out its backoff, even across restarts,
-    // unless its spec changed or it failed on a Secret conflict: that one
-    // is over as soon as the other Secret is gone, and a watch says when.
-    if status.consecutive_failures > 0
-        && !spec_changed
-        && !lost_a_conflict(&status)
-        && let Some(last) = status.last_failure_time.as_ref().map(|t| t.0)
-    {
-        let expires = status.expiration_time.as_ref().map(|t| t.0);
-        let retry_at = schedule::retry_at(&uid, status.consecutive_failures, last, expires);
-        if now < retry_at {
-            debug!(wait = %retry_at.duration_since(now), "waiting out the backoff");
-            return Ok(requeue_at(retry_at, now));
-        }
-    }
-
-    let request = AssumeRoleRequest::for_resource(ar);
-    let hash = secret::spec_hash(&request);
-    let name = ar.secret_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = secrets.get_opt(&name).await.map_err(|source| Error::GetSecret {
-        name: name.clone(),
-        source,
-    })?;
-
-    match secret::observe(ar, existing.as_ref(), &ctx.hmac_key) {
-        Observed::Foreign => {
-            let failure = Failure {
-                reason: "SecretConflict",
-                message: format!(
-                    "Secret {name} exists and is not controlled by this AssumedRole; it is left untouched. \
-                     Delete it or set spec.secret.name to another name"
-                ),
-                retry: true,
-            };
-            return fail(ar, ctx, failure, now, true).await;
-        }
-        Observed::Owned(owned) if owned.intact && owned.spec_hash.as_deref() == Some(hash.as_str()) => {
-            if let (Some(issued), Some(expires), Some(creds)) = (
-                owned.issued,
-                owned.expiration,
-                existing.as_ref().and_then(secret::credentials_from),
-            ) {
-                let refresh = refresh_for(&uid, issued, expires, setting);
-                if now < refresh.at {
-                    debug!(name = %ar.name_any(), refresh = %refresh.at, "Secret is valid and not due; no STS call");
-                    // What this process learned when it minted these
-                    // credentials beats the status in the cache, which can
-                    // lag behind our own last write.
-                    let previous = ctx.held(&uid).filter(|p| p.issued == issued);
-                    let held = Held {
-                        creds,
-                        issued,
-                        spec_hash: hash.clone(),
-                        assumed_role_arn: previous
-                            .as_ref()
-                            .map_or_else(|| status.assumed_role_arn.clone(), |p| p.assumed_role_arn.clone()),
-                        source_identity: previous
-                            .as_ref()
-                            .map_or_else(|| status.source_identity.clone(), |p| p.source_identity.clone()),
-                        secret_name: name.clone(),
-                        written: true,
-                        restores: previous.filter(|p| p.secret_name == name).map_or(0, |p| p.restores),
-                    };
-                    if owned.layout_hash.as_deref() != Some(secret::layout_hash(ar).as_str()) {
-                        // Labels, annotations, mount path or profile changed:
-                        // rewrite the Secret around the same credentials.
-                        apply_secret(ar, ctx, &held, "layout").await?;
-                        publish(
-                            ctx,
-                            ar,
-                            EventType::Normal,
-                            "SecretUpdated",
-                            format!("updated Secret {name} without new credentials"),
-                        )
-                        .await;
-                    }
-                    ctx.hold(&uid, held.clone());
-                    remove_stale_secrets(ar, ctx, &namespace, &uid, &name).await;
-                    return succeed(ar, ctx, &held, refresh, now, None).await;
-                }
-            }
-        }
-        Observed::Owned(_) | Observed::Missing => {
-            if let Some(mut held) = ctx.held(&uid).filter(|h| h.spec_hash == hash) {
-                let refresh = refresh_for(&uid, held.issued, held.creds.expiration, setting);
-                if now < refresh.at {
-                    // Only a Secret that already held this set and lost it
-                    // to another writer counts as a restore; a first write
-                    // that failed, or a new Secret name, does not.
-                    let kind = if held.secret_name != name {
-                        held.secret_name = name.clone();
-                        held.restores = 0;
-                        "layout"
-                    } else if !held.written {
-                        "refresh"
-                    } else {
-                        "restore"
-                    };
-                    if kind == "restore" && held.restores >= MAX_RESTORES {
-                        let failure = Failure {
-                            reason: "SecretContested",
-                            message: format!(
-                                "Secret {name} was changed by another writer {} times; the operator stopped restoring it \
-                                 and will write new credentials at the next refresh",
-                                held.restores
-                            ),
-                            retry: false,
+/// Decides and carries out the plan; returns the requeue and the reason the
+/// reconcile ended with.
+async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Action, Reason) {
+    let held = ctx.memory.held(&target.uid);
+    let memory = ctx.memory.failures(&target.uid);
+    let mut view = None;
+    // At most two rounds: the second one with the Secret read.
+    for _ in 0..2 {
+        let facts = Facts {
+            ar,
+            target,
+            held: held.as_ref(),
+            memory: memory.as_ref(),
+            secret: view.as_ref(),
+            now,
+        };
+        match plan::decide(&facts) {
+            Plan::ReadSecret => {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
+                match api.get_opt(&target.secret_name).await {
+                    Ok(secret) => view = Some(SecretView::of(ar, secret.as_ref(), &ctx.hmac_key)),
+                    Err(source) => {
+                        let error = Error::GetSecret {
+                            name: target.secret_name.clone(),
+                            source,
                         };
-                        fail(ar, ctx, failure, now, false).await?;
-                        return Ok(requeue_at(refresh.at, now));
+                        return failed(ar, ctx, target, Failure::from(&error), None, now).await;
                     }
-                    apply_secret(ar, ctx, &held, kind).await?;
-                    if kind == "restore" {
-                        held.restores += 1;
-                    }
-                    held.written = true;
-                    ctx.hold(&uid, held.clone());
-                    remove_stale_secrets(ar, ctx, &namespace, &uid, &name).await;
-                    let (reason, note, refreshed) = match kind {
-                        "restore" => {
-                            info!(secret = %name, restores = held.restores, "restored the Secret from held credentials");
-                            (
-                                "SecretRestored",
-                                format!("restored Secret {name} without calling STS"),
-                                None,
-                            )
-                        }
-                        "layout" => (
-                            "SecretUpdated",
-                            format!("wrote the current credentials to Secret {name} without calling STS"),
-                            None,
-                        ),
-                        _ => (
-                            "CredentialsRefreshed",
-                            format!("wrote new credentials to Secret {name}"),
-                            Some(held.issued),
-                        ),
-                    };
-                    publish(ctx, ar, EventType::Normal, reason, note).await;
-                    return succeed(ar, ctx, &held, refresh, now, refreshed).await;
                 }
+            }
+            Plan::Wait { until } => {
+                debug!(name = %target.name, wait = %until.duration_since(now), "waiting out the backoff");
+                let reason = memory.as_ref().map_or(Reason::StsUnavailable, |m| m.reason);
+                return (requeue_at(until, now), reason);
+            }
+            Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
+            Plan::Keep { held, refresh, rewrite } => {
+                debug!(name = %target.name, refresh = %refresh.at, "Secret is valid and not due; no STS call");
+                let written = if rewrite {
+                    Some((
+                        Reason::SecretUpdated,
+                        format!("updated Secret {} without new credentials", target.secret_name),
+                    ))
+                } else {
+                    None
+                };
+                let serving = Serving {
+                    expires: held.creds.expiration,
+                };
+                return write_and_report(ar, ctx, target, held, refresh, written, Some(serving), None, now).await;
+            }
+            Plan::Write { held, refresh, reason } => {
+                let note = match reason {
+                    Reason::SecretRestored => {
+                        info!(secret = %target.secret_name, restores = held.restores, "restoring the Secret from held credentials");
+                        format!("restored Secret {} without calling STS", target.secret_name)
+                    }
+                    Reason::SecretUpdated => format!(
+                        "wrote the current credentials to Secret {} without calling STS",
+                        target.secret_name
+                    ),
+                    _ => format!("wrote new credentials to Secret {}", target.secret_name),
+                };
+                let refreshed_at = (reason == Reason::CredentialsRefreshed).then_some(held.issued);
+                return write_and_report(
+                    ar,
+                    ctx,
+                    target,
+                    held,
+                    refresh,
+                    Some((reason, note)),
+                    None,
+                    refreshed_at,
+                    now,
+                )
+                .await;
+            }
+            Plan::Mint {
+                request,
+                spec_hash,
+                serving,
+            } => {
+                debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
+                let outcome = ctx.sts.assume_role(&request).await;
+                ctx.metrics
+                    .sts_call(outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"));
+                let AssumedSession {
+                    credentials,
+                    assumed_role_arn,
+                    source_identity,
+                } = match outcome {
+                    Ok(session) => session,
+                    Err(e) => return failed(ar, ctx, target, Failure::from(e), serving, now).await,
+                };
+                let issued = schedule::whole_second(now);
+                let setting = ar.spec.refresh_before().unwrap_or(crate::api::RefreshBefore::Default);
+                let refresh = plan::refresh_for(&target.uid, issued, credentials.expiration, setting);
+                let held = Held {
+                    creds: credentials,
+                    issued,
+                    spec_hash,
+                    assumed_role_arn,
+                    source_identity,
+                    secret_name: target.secret_name.clone(),
+                    written: false,
+                    restores: 0,
+                };
+                // Held before the write: if the write fails, the retry
+                // writes this set rather than calling STS again.
+                ctx.memory.hold(&target.uid, held.clone());
+                let note = format!("wrote new credentials to Secret {}", target.secret_name);
+                let written = Some((Reason::CredentialsRefreshed, note));
+                return write_and_report(ar, ctx, target, held, refresh, written, serving, Some(issued), now).await;
             }
         }
     }
-
-    mint(ar, ctx, &uid, request, hash, setting, now).await
+    // The second round always has the Secret.
+    (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
 }
 
-/// Whether the last failure recorded in `status` was a Secret conflict.
-fn lost_a_conflict(status: &AssumedRoleStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == READY && c.reason == "SecretConflict")
-}
-
-/// The refresh time of credentials issued to the AssumedRole `uid`, with the
-/// jitter seeded from the UID and the issue time.
-fn refresh_for(uid: &str, issued: Timestamp, expires: Timestamp, setting: RefreshBefore) -> Refresh {
-    schedule::refresh_time(issued, expires, setting, schedule::jitter_seed(uid, issued))
-}
-
-/// Assumes the role, writes the Secret in one apply, then status and one Event.
-async fn mint(
+/// Writes the Secret when `written` names why, then holds the credentials,
+/// removes Secrets left behind by a rename, and reports success.
+#[allow(clippy::too_many_arguments)]
+async fn write_and_report(
     ar: &AssumedRole,
     ctx: &Context,
-    uid: &str,
-    request: AssumeRoleRequest,
-    hash: String,
-    setting: RefreshBefore,
+    target: &Target,
+    mut held: Held,
+    refresh: Refresh,
+    written: Option<(Reason, String)>,
+    serving_if_write_fails: Option<Serving>,
+    refreshed_at: Option<Timestamp>,
     now: Timestamp,
-) -> Result<Action> {
-    debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
-    let outcome = ctx.sts.assume_role(&request).await;
-    ctx.metrics
-        .sts_call(outcome.as_ref().map_or_else(StsError::reason, |_| "success"));
-    let AssumedSession {
-        credentials,
-        assumed_role_arn,
-        source_identity,
-    } = match outcome {
-        Ok(session) => session,
-        Err(e) => {
-            warn!(reason = e.reason(), error = %e, "AssumeRole failed; the Secret is left as it is");
-            return fail(ar, ctx, e.into(), now, true).await;
+) -> (Action, Reason) {
+    if let Some((reason, _)) = &written {
+        if let Err(error) = apply_secret(ar, ctx, target, &held).await {
+            return failed(ar, ctx, target, Failure::from(&error), serving_if_write_fails, now).await;
         }
-    };
-    let issued = schedule::whole_second(now);
-    let mut held = Held {
-        creds: credentials,
-        issued,
-        spec_hash: hash,
-        assumed_role_arn,
-        source_identity,
-        secret_name: ar.secret_name(),
-        written: false,
-        restores: 0,
-    };
-    // Held before the write: if the write fails, the retry writes this set
-    // rather than calling STS again.
-    ctx.hold(uid, held.clone());
-    apply_secret(ar, ctx, &held, "refresh").await?;
-    held.written = true;
-    ctx.hold(uid, held.clone());
-    if let Some(namespace) = ar.namespace() {
-        remove_stale_secrets(ar, ctx, &namespace, uid, &held.secret_name).await;
+        ctx.metrics.secret_write(match reason {
+            Reason::SecretRestored => "restore",
+            Reason::SecretUpdated => "layout",
+            _ => "refresh",
+        });
+        if *reason == Reason::CredentialsRefreshed {
+            info!(secret = %target.secret_name, expires = %held.creds.expiration, refresh = %refresh.at, "wrote new credentials");
+        }
     }
-    let refresh = refresh_for(uid, issued, held.creds.expiration, setting);
-    info!(
-        secret = %ar.secret_name(),
-        expires = %held.creds.expiration,
-        refresh = %refresh.at,
-        "wrote new credentials"
-    );
-    publish(
-        ctx,
-        ar,
-        EventType::Normal,
-        "CredentialsRefreshed",
-        format!("wrote new credentials to Secret {}", ar.secret_name()),
-    )
-    .await;
-    succeed(ar, ctx, &held, refresh, now, Some(issued)).await
+    held.written = true;
+    ctx.memory.hold(&target.uid, held.clone());
+    ctx.memory.set_failures(&target.uid, None);
+    remove_stale_secrets(ar, ctx, target).await;
+    let old = ar.status.clone().unwrap_or_default();
+    let report = Report::Serving {
+        held: &held,
+        refresh,
+        refreshed_at,
+    };
+    let new = status::next(&old, target.generation, &target.secret_name, report, now);
+    if let Some((reason, note)) = &written {
+        publish(ctx, ar, EventType::Normal, *reason, note).await;
+    }
+    let reason = written.map_or(Reason::CredentialsReady, |(r, _)| r);
+    if let Err(error) = patch_status(ar, ctx, target, &old, new).await {
+        // The Secret is right; only the status lags. Retry after a backoff.
+        return failed(
+            ar,
+            ctx,
+            target,
+            Failure::from(&error),
+            Some(Serving {
+                expires: held.creds.expiration,
+            }),
+            now,
+        )
+        .await;
+    }
+    (requeue_at(refresh.at, now), reason)
 }
 
-async fn apply_secret(ar: &AssumedRole, ctx: &Context, held: &Held, kind: &'static str) -> Result<()> {
-    let name = ar.secret_name();
+/// Records a failure: memory, status and, on a transition, a Warning Event.
+/// The Secret is never touched here.
+async fn failed(
+    ar: &AssumedRole,
+    ctx: &Context,
+    target: &Target,
+    failure: Failure,
+    serving: Option<Serving>,
+    now: Timestamp,
+) -> (Action, Reason) {
+    let reason = failure.reason;
+    let old = ar.status.clone().unwrap_or_default();
+    let remembered = ctx.memory.failures(&target.uid);
+    let previous = plan::failures(&old, remembered.as_ref(), target.generation);
+    let counts = reason.is_failure();
+    let failed_at = schedule::whole_second(now);
+    let failures = match (counts, previous) {
+        (true, Some((n, _, _))) => n.saturating_add(1),
+        (true, None) => 1,
+        (false, Some((n, _, _))) => n,
+        (false, None) => 0,
+    };
+    let expires = ctx
+        .memory
+        .held(&target.uid)
+        .map(|h| h.creds.expiration)
+        .or(old.expiration_time.as_ref().map(|t| t.0));
+    let retry_at =
+        (reason.retry() == Retry::Backoff).then(|| schedule::retry_at(&target.uid, failures, failed_at, expires));
+    // One line per attempt, which is one per backoff step.
+    warn!(
+        name = %target.name,
+        namespace = %target.namespace,
+        reason = %reason,
+        failures,
+        retry_at = ?retry_at.map(|t| t.to_string()),
+        "{}",
+        failure.message
+    );
+    // The same failure as last time, which could not be reported then (the
+    // API server is unreachable): don't knock again until something changes.
+    let unreported_before = remembered
+        .as_ref()
+        .is_some_and(|m| m.unreported && m.reason == reason && m.generation == target.generation);
+    let mut unreported = unreported_before;
+    if !unreported_before {
+        let report = Report::Failed {
+            failure: &failure,
+            serving,
+            failures,
+            failed_at: counts.then_some(failed_at),
+            retry_at,
+        };
+        let new = status::next(&old, target.generation, &target.secret_name, report, now);
+        if status::is_transition(&old, &new) {
+            publish(ctx, ar, EventType::Warning, reason, &failure.message).await;
+        }
+        unreported = match patch_status(ar, ctx, target, &old, new).await {
+            Ok(()) => false,
+            Err(error) => {
+                warn!(name = %target.name, error = %error, "could not report the failure in status");
+                true
+            }
+        };
+    }
+    if counts {
+        ctx.memory.set_failures(
+            &target.uid,
+            Some(Remembered {
+                failures,
+                last: failed_at,
+                reason,
+                generation: target.generation,
+                unreported,
+            }),
+        );
+    }
+    let action = match reason.retry() {
+        Retry::Backoff => retry_at.map_or_else(Action::await_change, |t| requeue_at(t, now)),
+        // A contested Secret gets new credentials at the next refresh.
+        Retry::Never if reason == Reason::SecretContested => ctx
+            .memory
+            .held(&target.uid)
+            .and_then(|h| {
+                let setting = ar.spec.refresh_before().ok()?;
+                Some(plan::refresh_for(&target.uid, h.issued, h.creds.expiration, setting).at)
+            })
+            .map_or_else(Action::await_change, |t| requeue_at(t, now)),
+        _ => Action::await_change(),
+    };
+    (action, reason)
+}
+
+async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &Held) -> Result<()> {
     let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
-    let namespace = ar.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
     api.patch(
-        &name,
+        &target.secret_name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&desired),
     )
     .await
-    .map_err(|source| Error::ApplySecret { name, source })?;
-    ctx.metrics.secret_write(kind);
+    .map_err(|source| Error::ApplySecret {
+        name: target.secret_name.clone(),
+        source,
+    })?;
     Ok(())
 }
 
-/// Deletes the Secrets this AssumedRole controls under other names than
-/// `current`, once `current` holds its credentials: what a rename of
+/// Deletes the Secrets this AssumedRole controls under other names than its
+/// current one, once that one holds its credentials: what a rename of
 /// `spec.secret.name` left behind would otherwise keep credentials that are
 /// never refreshed. A failure is logged and retried at the next write.
-async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, namespace: &str, uid: &str, current: &str) {
-    let stale = ctx.stale_secrets(namespace, uid, current);
+async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, target: &Target) {
+    let stale = ctx.stale_secrets(&target.namespace, &target.uid, &target.secret_name);
     if stale.is_empty() {
         return;
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
     for (name, secret_uid) in stale {
         // Only the object that was seen: never one created since under the
         // same name.
@@ -500,15 +438,12 @@ async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, namespace: &str, 
         };
         match api.delete(&name, &params).await {
             Ok(_) => {
-                info!(secret = %name, current = %current, "deleted a Secret left behind by a rename");
-                publish(
-                    ctx,
-                    ar,
-                    EventType::Normal,
-                    "SecretRemoved",
-                    format!("deleted Secret {name}: the credentials now live in Secret {current}"),
-                )
-                .await;
+                info!(secret = %name, current = %target.secret_name, "deleted a Secret left behind by a rename");
+                let note = format!(
+                    "deleted Secret {name}: the credentials now live in Secret {}",
+                    target.secret_name
+                );
+                publish(ctx, ar, EventType::Normal, Reason::SecretRemoved, &note).await;
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => warn!(secret = %name, error = %crate::api_message(&e), "could not delete a stale Secret"),
@@ -516,136 +451,24 @@ async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, namespace: &str, 
     }
 }
 
-/// Writes a Ready status for `held` and requeues at the refresh time.
-async fn succeed(
+async fn patch_status(
     ar: &AssumedRole,
     ctx: &Context,
-    held: &Held,
-    refresh: Refresh,
-    now: Timestamp,
-    refreshed_at: Option<Timestamp>,
-) -> Result<Action> {
-    let old = ar.status.clone().unwrap_or_default();
-    let message = format!(
-        "Secret {} holds credentials valid until {}; next refresh at {}",
-        ar.secret_name(),
-        held.creds.expiration,
-        refresh.at
-    );
-    let mut conditions = vec![condition(&old, ar, READY, "True", "CredentialsReady", &message, now)];
-    if let Some(adjustment) = refresh.adjustment {
-        let (reason, text) = match adjustment {
-            Adjustment::ClampedToFloor => (
-                "ClampedToFloor",
-                "the refresh setting would refresh later than 5 minutes before expiry; refreshing 5 minutes before",
-            ),
-            Adjustment::FellBackToDefault => (
-                "FellBackToDefault",
-                "the refresh setting is longer than the lifetime STS granted; refreshing when a third of it remains",
-            ),
-        };
-        conditions.push(condition(&old, ar, REFRESH_ADJUSTED, "True", reason, text, now));
-    }
-    let status = AssumedRoleStatus {
-        conditions,
-        expiration_time: Some(Time(held.creds.expiration)),
-        refresh_time: Some(Time(refresh.at)),
-        last_refresh_time: refreshed_at.map(Time).or(old.last_refresh_time.clone()),
-        last_failure_time: old.last_failure_time.clone(),
-        consecutive_failures: 0,
-        assumed_role_arn: held.assumed_role_arn.clone(),
-        source_identity: held.source_identity.clone(),
-        observed_generation: ar.metadata.generation,
-    };
-    patch_status(ar, ctx, status).await?;
-    Ok(requeue_at(refresh.at, now))
-}
-
-/// Records a failure: `Ready=False`, a Warning Event, the failure count, and
-/// a retry after the backoff. The Secret is never touched here.
-async fn fail(ar: &AssumedRole, ctx: &Context, failure: Failure, now: Timestamp, count: bool) -> Result<Action> {
-    let old = ar.status.clone().unwrap_or_default();
-    let same = old.observed_generation == ar.metadata.generation
-        && old
-            .conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.reason == failure.reason && c.message == failure.message);
-    if same && !failure.retry {
-        // Nothing new to say, and nothing to retry.
-        return Ok(Action::await_change());
-    }
-    let failures = if count {
-        old.consecutive_failures.saturating_add(1)
-    } else {
-        old.consecutive_failures
-    };
-    let mut status = old.clone();
-    status.conditions = vec![condition(
-        &old,
-        ar,
-        READY,
-        "False",
-        failure.reason,
-        &failure.message,
-        now,
-    )];
-    status.observed_generation = ar.metadata.generation;
-    let failed_at = schedule::whole_second(now);
-    if count {
-        status.consecutive_failures = failures;
-        status.last_failure_time = Some(Time(failed_at));
-    }
-    // The credentials in the Secret may still be good: keep expiration in
-    // status, but there is no planned refresh while failing.
-    status.refresh_time = None;
-    publish(ctx, ar, EventType::Warning, failure.reason, failure.message.clone()).await;
-    patch_status(ar, ctx, status).await?;
-    if !failure.retry {
-        return Ok(Action::await_change());
-    }
-    let expires = old.expiration_time.map(|t| t.0);
-    let retry = schedule::retry_at(&ar.uid().unwrap_or_default(), failures, failed_at, expires);
-    info!(reason = failure.reason, failures, retry_at = %retry, "attempt failed");
-    Ok(requeue_at(retry, now))
-}
-
-fn condition(
+    target: &Target,
     old: &AssumedRoleStatus,
-    ar: &AssumedRole,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) -> Condition {
-    // Keep the transition time while the status stays the same.
-    let last_transition_time = old
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or(Time(now), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: ar.metadata.generation,
-        last_transition_time,
-    }
-}
-
-async fn patch_status(ar: &AssumedRole, ctx: &Context, status: AssumedRoleStatus) -> Result<()> {
-    if ar.status.as_ref() == Some(&status) {
+    status: AssumedRoleStatus,
+) -> Result<()> {
+    if ar.status.is_some() && *old == status {
         return Ok(());
     }
-    let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &target.namespace);
     let patch = json!({
         "apiVersion": AssumedRole::api_version(&()),
         "kind": AssumedRole::kind(&()),
         "status": status,
     });
     api.patch_status(
-        &ar.name_any(),
+        &target.name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
@@ -654,8 +477,8 @@ async fn patch_status(ar: &AssumedRole, ctx: &Context, status: AssumedRoleStatus
     Ok(())
 }
 
-async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: &str, note: String) {
-    if let Err(e) = ctx.events.publish(ar, type_, reason, &note).await {
+async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: Reason, note: &str) {
+    if let Err(e) = ctx.events.publish(ar, type_, reason.as_str(), note).await {
         warn!(error = %crate::api_message(&e), "could not publish an Event");
     }
 }
@@ -765,35 +588,13 @@ fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
     Action::requeue(Duration::try_from(wait).unwrap_or(Duration::from_secs(1)))
 }
 
-/// Decides what to do after `reconcile` returned an error: log it, say so on
-/// the object, and retry with backoff.
-pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(name = %ar.name_any(), namespace = ?ar.namespace(), category = error.category(), error = %error, "reconcile failed");
-    // Say so where users look: a Warning Event and the Ready condition. A
-    // Forbidden error names the verb and resource that RBAC refused.
-    let failure = Failure {
-        reason: error.category(),
-        message: error.to_string(),
-        retry: true,
-    };
-    let now = Timestamp::now();
-    let status = ar.status.clone().unwrap_or_default();
-    // The same count and time that `fail` persists, so the requeue and the
-    // backoff check agree.
-    let failures = status.consecutive_failures.saturating_add(1);
-    let expires = status.expiration_time.map(|t| t.0);
-    let retry = schedule::retry_at(
-        &ar.uid().unwrap_or_default(),
-        failures,
-        schedule::whole_second(now),
-        expires,
-    );
-    tokio::spawn(async move {
-        if let Err(e) = fail(&ar, &ctx, failure, now, true).await {
-            warn!(error = %e, "could not report the failure in status");
-        }
-    });
-    requeue_at(retry, now)
+/// What to do after `reconcile` returned an error, which only an object
+/// without the metadata the API server always sets can cause: log it and
+/// look again after the longest backoff. Failures of the work itself are
+/// recorded by the reconcile, not here.
+pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(name = %ar.name_any(), namespace = ?ar.namespace(), error = %error, "cannot reconcile");
+    Action::requeue(Duration::try_from(schedule::BACKOFF_MAX).unwrap_or(Duration::from_secs(300)))
 }
 
 /// Settings of the controller loop.
@@ -1028,15 +829,9 @@ async fn prune_held(
             .flat_map(|s| s.state())
             .filter_map(|ar| ar.uid())
             .collect();
-        if let Ok(mut held) = ctx.held.lock() {
-            let before = held.len();
-            held.retain(|uid, _| live.contains(uid));
-            if held.len() < before {
-                debug!(
-                    dropped = before - held.len(),
-                    "dropped credentials of deleted AssumedRoles"
-                );
-            }
+        let dropped = ctx.memory.retain(&live);
+        if dropped > 0 {
+            debug!(dropped, "forgot deleted AssumedRoles");
         }
     }
 }
@@ -1047,9 +842,13 @@ mod tests {
 
     use http::StatusCode;
     use jiff::SignedDuration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::fixtures::{self, FakeSts};
+    use crate::{
+        fixtures::{self, FakeSts},
+        sts::StsError,
+    };
 
     /// Runs `reconcile` beside the mocked API server's `scenario`, and fails
     /// if the scenario is not done within a second.
@@ -1129,9 +928,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_sts_failure_never_touches_the_secret() {
+    async fn an_sts_failure_never_touches_the_secret_and_keeps_ready_while_it_serves() {
         let ar = AssumedRole::test();
-        // Issued 50 minutes ago for an hour: due.
+        // Issued 50 minutes ago for an hour: due, and still good for 10.
         let secret = fixtures::owned_secret(&ar, SignedDuration::from_mins(50), SignedDuration::from_hours(1));
         let sts = FakeSts::failing(StsError::Throttled("Rate exceeded".into()));
         run(ar, sts.clone(), |mut api| async move {
@@ -1142,7 +941,11 @@ mod tests {
                 (Some("Warning"), Some("Throttled"))
             );
             let status = api.patch_status().await;
-            assert_eq!(status["conditions"][0]["reason"], "Throttled");
+            assert_eq!(status["conditions"][0]["type"], "Ready");
+            assert_eq!(status["conditions"][0]["status"], "True");
+            assert_eq!(status["conditions"][1]["type"], "Refreshed");
+            assert_eq!(status["conditions"][1]["status"], "False");
+            assert_eq!(status["conditions"][1]["reason"], "Throttled");
             assert_eq!(status["consecutiveFailures"], 1);
             assert!(status["lastFailureTime"].is_string());
             api
@@ -1200,17 +1003,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_secret_write_is_an_error_with_a_category() {
+    async fn a_failed_secret_write_is_reported_in_the_api_servers_words_and_the_credentials_kept() {
         let sts = FakeSts::granting();
-        let result = run(AssumedRole::test(), sts, |mut api| async move {
+        let ar = AssumedRole::test();
+        let (ctx, server) = fixtures::context(sts.clone());
+        let scenario = tokio::spawn(async move {
+            let mut api = server;
             api.get_secret(None).await;
             api.apply_secret(StatusCode::INTERNAL_SERVER_ERROR).await;
+            let event = api.create_event().await;
+            assert_eq!(event["reason"], "ApplySecret");
+            let status = api.patch_status().await;
+            assert_eq!(status["conditions"][0]["reason"], "ApplySecret");
+            let message = status["conditions"][0]["message"].as_str().unwrap_or_default();
+            assert_eq!(message, "applying Secret reader: etcd is unhappy");
             api
-        })
-        .await;
-        let err = result.expect_err("a failed write");
-        assert_eq!(err.category(), "ApplySecret");
-        assert!(err.to_string().contains("etcd is unhappy"), "{err}");
+        });
+        reconcile(Arc::new(ar), ctx.clone()).await.expect("reconcile");
+        let server = tokio::time::timeout(StdDuration::from_secs(1), scenario)
+            .await
+            .expect("the scenario did not finish")
+            .expect("the scenario panicked");
+        server.expect_no_more().await;
+        // The minted set is held, unwritten, for the retry.
+        let held = ctx.memory.held("uid-1").expect("held credentials");
+        assert!(!held.written);
+        assert_eq!(sts.calls(), 1);
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains(r#"reconciles_total{result="api_unavailable"} 1"#),
+            "{metrics}"
+        );
     }
 
     fn failing_status(generation: i64) -> AssumedRoleStatus {

@@ -23,9 +23,10 @@ use serde_json::{Value, json};
 use crate::{
     api::{AssumedRole, AssumedRoleSpec, AssumedRoleStatus},
     controller::Context,
+    credentials::{AssumeRoleRequest, AssumedSession, Credentials},
     metrics::Metrics,
     secret,
-    sts::{AssumeRoleRequest, AssumedSession, Credentials, StsError, StsFuture},
+    sts::{StsError, StsFuture},
 };
 
 /// The HMAC key every fixture signs with.

@@ -6,26 +6,34 @@
 //! refreshes them well before they expire, in a layout that AWS SDKs in pods
 //! re-read by themselves.
 //!
-//! Data flows one way: a watch event, then [`controller::reconcile`], then a
-//! decision from the pure modules ([`schedule`], [`secret`], [`api`]), then
-//! the effects (STS, the Secret, status, an Event), which live in
-//! [`controller`] and [`sts`] alone.
+//! Data flows one way: a watch event, then [`controller::reconcile`], then
+//! one decision from the pure modules ([`plan`], with [`schedule`],
+//! [`secret`] and [`api`]), then the effects (STS, the Secret, status, an
+//! Event), which live in [`controller`] and [`sts`] alone (and the loading of
+//! the signing key, [`hmac_key`]); [`status`] and [`outcome`] say what the
+//! status and the metrics make of the result.
 
 pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod credentials;
 pub mod events;
 #[cfg(test)]
 pub mod fixtures;
+pub mod hmac_key;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
+pub mod outcome;
+pub mod plan;
 pub mod schedule;
 pub mod secret;
+pub mod status;
 pub mod sts;
 
 /// Failures of the controller's effects. Each variant is named for the
-/// operation that failed, and carries a category used as the Event reason and
-/// the condition reason.
+/// operation that failed; [`Error::reason`] gives the reason it is reported
+/// under.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the target Secret failed.
@@ -64,8 +72,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short PascalCase category: the Event reason and the metric label.
-    pub fn category(&self) -> &'static str {
+    /// The reason this failure is reported under: the condition and Event
+    /// reason, whose category is the metric label.
+    pub fn reason(&self) -> outcome::Reason {
+        use outcome::Reason;
         let api = match self {
             Self::GetSecret { source, .. } | Self::ApplySecret { source, .. } | Self::HmacKey { source, .. } => {
                 Some(source)
@@ -79,16 +89,15 @@ impl Error {
             // A namespace being deleted refuses new objects with 403 too; that
             // is not RBAC's doing.
             if status.message.contains("being terminated") {
-                return "NamespaceTerminating";
+                return Reason::NamespaceTerminating;
             }
-            return "Forbidden";
+            return Reason::Forbidden;
         }
         match self {
-            Self::GetSecret { .. } => "GetSecret",
-            Self::ApplySecret { .. } => "ApplySecret",
-            Self::PatchStatus(_) => "PatchStatus",
-            Self::HmacKey { .. } => "HmacKey",
-            Self::MissingMetadata(_) => "MissingMetadata",
+            Self::GetSecret { .. } | Self::HmacKey { .. } => Reason::GetSecret,
+            Self::ApplySecret { .. } => Reason::ApplySecret,
+            Self::PatchStatus(_) => Reason::PatchStatus,
+            Self::MissingMetadata(_) => Reason::MissingMetadata,
         }
     }
 }
@@ -140,7 +149,7 @@ mod tests {
                 "secrets \"s\" is forbidden: User \"x\" cannot patch resource \"secrets\"",
             ),
         };
-        assert_eq!(rbac.category(), "Forbidden");
+        assert_eq!(rbac.reason(), outcome::Reason::Forbidden);
         let terminating = Error::ApplySecret {
             name: "s".into(),
             source: api_error(
@@ -148,9 +157,9 @@ mod tests {
                 "unable to create new content in namespace n because it is being terminated",
             ),
         };
-        assert_eq!(terminating.category(), "NamespaceTerminating");
+        assert_eq!(terminating.reason(), outcome::Reason::NamespaceTerminating);
         let other = Error::PatchStatus(api_error(409, "conflict"));
-        assert_eq!(other.category(), "PatchStatus");
+        assert_eq!(other.reason(), outcome::Reason::PatchStatus);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use assumed_role_operator::{
     admin,
     api::AssumedRole,
     controller::{self, Context, Settings},
-    leader,
+    hmac_key, leader,
     sts::AwsSts,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -105,7 +105,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let hmac_key = controller::load_hmac_key(client.clone(), &args.namespace).await?;
+    let hmac_key = hmac_key::load_hmac_key(client.clone(), &args.namespace).await?;
     let sts = Arc::new(AwsSts::from_env().await);
     let ctx = Arc::new(Context::new(
         client,

@@ -78,6 +78,11 @@ impl Metrics {
         self.sts_calls.get_or_create(&ResultLabels { result }).inc();
     }
 
+    /// Counts one reconcile, by the category of the reason it ended with.
+    pub fn reconcile(&self, result: &'static str) {
+        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+    }
+
     /// Counts one Secret write.
     pub fn secret_write(&self, kind: &'static str) {
         self.secret_writes.get_or_create(&WriteLabels { kind }).inc();

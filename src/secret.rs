@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     api::AssumedRole,
-    sts::{AssumeRoleRequest, Credentials},
+    credentials::{AssumeRoleRequest, Credentials},
 };
 
 /// Label on every Secret the operator writes, so it can watch only those.

@@ -1,0 +1,631 @@
+//! Decides what one reconcile does: from the AssumedRole, the Secret it
+//! observed, the credentials this process holds, the failures it remembers
+//! and the time, to one [`Plan`]. Pure: no I/O, no clock, no metrics.
+//!
+//! The controller carries the plan out ([`crate::controller`]); the tests at
+//! the bottom of this file walk every path through the decision.
+
+use jiff::Timestamp;
+
+use crate::{
+    Error,
+    api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
+    credentials::{AssumeRoleRequest, Credentials},
+    outcome::{Failure, Reason},
+    schedule::{self, Refresh},
+    secret::{self, Observed},
+};
+
+/// Restores of one set of credentials before the operator concludes that
+/// another writer is fighting it and stops.
+pub const MAX_RESTORES: u32 = 3;
+
+/// The object a reconcile works on, with the metadata the API server always
+/// sets checked once, so that nothing downstream falls back to a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The AssumedRole's namespace.
+    pub namespace: String,
+    /// The AssumedRole's name.
+    pub name: String,
+    /// The AssumedRole's UID.
+    pub uid: String,
+    /// The Secret that receives the credentials.
+    pub secret_name: String,
+    /// The spec's generation.
+    pub generation: Option<i64>,
+}
+
+impl Target {
+    /// Checks the metadata of `ar`.
+    pub fn of(ar: &AssumedRole) -> Result<Self, Error> {
+        let meta = &ar.metadata;
+        Ok(Self {
+            namespace: meta.namespace.clone().ok_or(Error::MissingMetadata("namespace"))?,
+            name: meta.name.clone().ok_or(Error::MissingMetadata("name"))?,
+            uid: meta.uid.clone().ok_or(Error::MissingMetadata("uid"))?,
+            secret_name: ar.secret_name(),
+            generation: meta.generation,
+        })
+    }
+}
+
+/// Credentials this process holds for one AssumedRole, so that a deleted or
+/// edited Secret can be written again without calling STS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The credentials.
+    pub creds: Credentials,
+    /// When they were issued (whole seconds).
+    pub issued: Timestamp,
+    /// The spec hash they were obtained for.
+    pub spec_hash: String,
+    /// ARN of the assumed-role session.
+    pub assumed_role_arn: Option<String>,
+    /// Source identity of the session.
+    pub source_identity: Option<String>,
+    /// The Secret they are meant for.
+    pub secret_name: String,
+    /// Whether they reached that Secret. A minted set whose write failed is
+    /// held too, so that the retry writes it instead of calling STS again.
+    pub written: bool,
+    /// Restores of this set into this Secret after another writer changed
+    /// or deleted it.
+    pub restores: u32,
+}
+
+/// Failures this process remembers for one AssumedRole. The status holds the
+/// same count, but a status that could not be written (the API server is
+/// down) must not stop the backoff from growing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    /// Failed attempts in a row.
+    pub failures: i32,
+    /// When the last one failed (whole seconds).
+    pub last: Timestamp,
+    /// Why it failed.
+    pub reason: Reason,
+    /// The generation of the spec it failed for.
+    pub generation: Option<i64>,
+    /// Set when reporting the last failure (status or Event) failed, so that
+    /// the same failure is not reported again into the same outage.
+    pub unreported: bool,
+}
+
+/// The failures that drive the backoff: those remembered in memory for the
+/// current generation, or else those in status for it. After a restart the
+/// memory is empty and the status decides; a spec change starts afresh.
+pub fn failures(
+    status: &AssumedRoleStatus,
+    memory: Option<&Remembered>,
+    generation: Option<i64>,
+) -> Option<(i32, Timestamp, Option<Reason>)> {
+    let persisted = (status.observed_generation == generation && status.consecutive_failures > 0)
+        .then(|| status.last_failure_time.as_ref().map(|t| t.0))
+        .flatten()
+        .map(|last| (status.consecutive_failures, last, None));
+    let remembered = memory
+        .filter(|m| m.generation == generation && m.failures > 0)
+        .map(|m| (m.failures, m.last, Some(m.reason)));
+    match (persisted, remembered) {
+        (Some(p), Some(r)) if p.1 > r.1 => Some(p),
+        (_, Some(r)) => Some(r),
+        (p, None) => p,
+    }
+}
+
+/// What an existing Secret tells, read once per reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretView {
+    /// Whose it is and what its annotations say.
+    pub observed: Observed,
+    /// The credentials in it, when it is intact.
+    pub credentials: Option<Credentials>,
+}
+
+impl SecretView {
+    /// Reads `secret` (or its absence) against the AssumedRole that wants it.
+    pub fn of(ar: &AssumedRole, secret: Option<&k8s_openapi::api::core::v1::Secret>, key: &[u8]) -> Self {
+        let observed = secret::observe(ar, secret, key);
+        let credentials = match &observed {
+            Observed::Owned(o) if o.intact => secret.and_then(secret::credentials_from),
+            _ => None,
+        };
+        Self { observed, credentials }
+    }
+}
+
+/// Everything a reconcile knows when it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The AssumedRole, from the watch cache.
+    pub ar: &'a AssumedRole,
+    /// Its checked metadata.
+    pub target: &'a Target,
+    /// The credentials this process holds for it.
+    pub held: Option<&'a Held>,
+    /// The failures this process remembers for it.
+    pub memory: Option<&'a Remembered>,
+    /// Its Secret, once read; `None` before.
+    pub secret: Option<&'a SecretView>,
+    /// The time of the decision.
+    pub now: Timestamp,
+}
+
+/// What the current Secret still gives pods while something fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Serving {
+    /// When its credentials expire.
+    pub expires: Timestamp,
+}
+
+/// What one reconcile does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Wait out the backoff of earlier failures, with no call at all.
+    Wait {
+        /// When to try again.
+        until: Timestamp,
+    },
+    /// Read the Secret, then decide again.
+    ReadSecret,
+    /// Nothing can be written: say why.
+    Fail {
+        /// Why.
+        failure: Failure,
+        /// What the Secret still gives pods, if anything.
+        serving: Option<Serving>,
+    },
+    /// The Secret holds good credentials for the current spec.
+    Keep {
+        /// Those credentials.
+        held: Held,
+        /// When to refresh them.
+        refresh: Refresh,
+        /// Rewrite the Secret around them: labels, annotations, mount path
+        /// or profile changed.
+        rewrite: bool,
+    },
+    /// Write the held credentials without calling STS.
+    Write {
+        /// The credentials, as they will be held after the write.
+        held: Held,
+        /// When to refresh them.
+        refresh: Refresh,
+        /// What the write is: `SecretRestored` (another writer deleted or
+        /// changed the Secret), `SecretUpdated` (a new Secret name) or
+        /// `CredentialsRefreshed` (the write of a new set failed before).
+        reason: Reason,
+    },
+    /// Ask STS for new credentials.
+    Mint {
+        /// The request.
+        request: AssumeRoleRequest,
+        /// Its spec hash.
+        spec_hash: String,
+        /// What the Secret still gives pods should STS fail.
+        serving: Option<Serving>,
+    },
+}
+
+/// The refresh time of credentials issued to the AssumedRole `uid`, with the
+/// jitter seeded from the UID and the issue time.
+pub fn refresh_for(uid: &str, issued: Timestamp, expires: Timestamp, setting: RefreshBefore) -> Refresh {
+    schedule::refresh_time(issued, expires, setting, schedule::jitter_seed(uid, issued))
+}
+
+/// The one decision of a reconcile.
+pub fn decide(facts: &Facts<'_>) -> Plan {
+    let Facts {
+        ar,
+        target,
+        held,
+        memory,
+        secret,
+        now,
+    } = *facts;
+    let status = ar.status.clone().unwrap_or_default();
+    if ar.spec.suspend {
+        return fail(
+            Reason::Suspended,
+            "refresh is suspended; the Secret is left as it is",
+            None,
+        );
+    }
+    let setting = match ar.spec.validate().and_then(|()| ar.spec.refresh_before()) {
+        Ok(setting) => setting,
+        Err(invalid) => return fail(Reason::InvalidSpec, invalid.to_string(), None),
+    };
+
+    // A failing AssumedRole waits out its backoff, even across restarts and
+    // whether or not its status could be written, unless its spec changed
+    // or it lost a conflict: that one is over as soon as the other Secret is
+    // gone, and the Secret watch says when.
+    if let Some((count, last, reason)) = failures(&status, memory, target.generation) {
+        let last_reason = reason.or_else(|| ready_reason(&status));
+        if last_reason != Some(Reason::SecretConflict) {
+            let expires = held
+                .map(|h| h.creds.expiration)
+                .or(status.expiration_time.as_ref().map(|t| t.0));
+            let until = schedule::retry_at(&target.uid, count, last, expires);
+            if now < until {
+                return Plan::Wait { until };
+            }
+        }
+    }
+
+    let Some(view) = secret else {
+        return Plan::ReadSecret;
+    };
+    let request = AssumeRoleRequest::for_resource(ar);
+    let hash = secret::spec_hash(&request);
+    let name = &target.secret_name;
+    let mut serving = None;
+    match &view.observed {
+        Observed::Foreign => {
+            return fail(
+                Reason::SecretConflict,
+                format!(
+                    "Secret {name} exists and is not controlled by this AssumedRole; it is left untouched. \
+                     Delete it or set spec.secret.name to another name"
+                ),
+                None,
+            );
+        }
+        Observed::Owned(owned) if owned.intact && owned.spec_hash.as_deref() == Some(hash.as_str()) => {
+            if let (Some(issued), Some(expires), Some(creds)) =
+                (owned.issued, owned.expiration, view.credentials.clone())
+            {
+                if now < expires - schedule::FLOOR {
+                    serving = Some(Serving { expires });
+                }
+                let refresh = refresh_for(&target.uid, issued, expires, setting);
+                if now < refresh.at {
+                    // What this process learned when it minted these
+                    // credentials beats the status in the cache, which can
+                    // lag behind its own last write.
+                    let previous = held.filter(|p| p.issued == issued);
+                    let held = Held {
+                        creds,
+                        issued,
+                        spec_hash: hash,
+                        assumed_role_arn: previous
+                            .map_or_else(|| status.assumed_role_arn.clone(), |p| p.assumed_role_arn.clone()),
+                        source_identity: previous
+                            .map_or_else(|| status.source_identity.clone(), |p| p.source_identity.clone()),
+                        secret_name: name.clone(),
+                        written: true,
+                        restores: previous.filter(|p| &p.secret_name == name).map_or(0, |p| p.restores),
+                    };
+                    let rewrite = owned.layout_hash.as_deref() != Some(secret::layout_hash(ar).as_str());
+                    return Plan::Keep { held, refresh, rewrite };
+                }
+            }
+        }
+        Observed::Owned(_) | Observed::Missing => {
+            if let Some(held) = held.filter(|h| h.spec_hash == hash) {
+                let refresh = refresh_for(&target.uid, held.issued, held.creds.expiration, setting);
+                if now < refresh.at {
+                    let mut held = held.clone();
+                    // Only a Secret that already held this set and lost it
+                    // to another writer counts as a restore; a first write
+                    // that failed, or a new Secret name, does not.
+                    let reason = if &held.secret_name != name {
+                        held.secret_name = name.clone();
+                        held.restores = 0;
+                        Reason::SecretUpdated
+                    } else if !held.written {
+                        Reason::CredentialsRefreshed
+                    } else {
+                        Reason::SecretRestored
+                    };
+                    if reason == Reason::SecretRestored {
+                        if held.restores >= MAX_RESTORES {
+                            return fail(
+                                Reason::SecretContested,
+                                format!(
+                                    "Secret {name} was changed by another writer {} times; the operator stopped \
+                                     restoring it and will write new credentials at the next refresh",
+                                    held.restores
+                                ),
+                                None,
+                            );
+                        }
+                        held.restores += 1;
+                    }
+                    held.written = true;
+                    return Plan::Write { held, refresh, reason };
+                }
+            }
+        }
+    }
+    Plan::Mint {
+        request,
+        spec_hash: hash,
+        serving,
+    }
+}
+
+fn fail(reason: Reason, message: impl Into<String>, serving: Option<Serving>) -> Plan {
+    Plan::Fail {
+        failure: Failure::new(reason, message),
+        serving,
+    }
+}
+
+/// The reason of the `Ready` or `Refreshed` condition in `status` that
+/// records the last failure.
+fn ready_reason(status: &AssumedRoleStatus) -> Option<Reason> {
+    let reason = status
+        .conditions
+        .iter()
+        .filter(|c| c.status == "False")
+        .map(|c| c.reason.as_str())
+        .next()?;
+    (reason == Reason::SecretConflict.as_str()).then_some(Reason::SecretConflict)
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+    use crate::fixtures;
+
+    const KEY: &[u8] = fixtures::KEY;
+
+    fn now() -> Timestamp {
+        schedule::whole_second(Timestamp::now())
+    }
+
+    /// The AssumedRole's own Secret, issued `age` ago for an hour.
+    fn own_secret(ar: &AssumedRole, age_mins: i64) -> SecretView {
+        let secret = fixtures::owned_secret(ar, SignedDuration::from_mins(age_mins), SignedDuration::from_hours(1));
+        SecretView::of(ar, Some(&secret), KEY)
+    }
+
+    fn held_for(ar: &AssumedRole, age_mins: i64, secret_name: &str, written: bool, restores: u32) -> Held {
+        let issued = now() - SignedDuration::from_mins(age_mins);
+        Held {
+            creds: fixtures::credentials(issued + SignedDuration::from_hours(1)),
+            issued,
+            spec_hash: secret::spec_hash(&AssumeRoleRequest::for_resource(ar)),
+            assumed_role_arn: None,
+            source_identity: None,
+            secret_name: secret_name.into(),
+            written,
+            restores,
+        }
+    }
+
+    fn decide_with(
+        ar: &AssumedRole,
+        held: Option<&Held>,
+        memory: Option<&Remembered>,
+        secret: Option<&SecretView>,
+    ) -> Plan {
+        let target = Target::of(ar).expect("target");
+        decide(&Facts {
+            ar,
+            target: &target,
+            held,
+            memory,
+            secret,
+            now: now(),
+        })
+    }
+
+    fn failing(count: i32, reason: &str, generation: i64) -> AssumedRoleStatus {
+        AssumedRoleStatus {
+            consecutive_failures: count,
+            last_failure_time: Some(Time(now())),
+            observed_generation: Some(generation),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: reason.into(),
+                message: String::new(),
+                observed_generation: Some(generation),
+                last_transition_time: Time(now()),
+            }],
+            ..AssumedRoleStatus::default()
+        }
+    }
+
+    fn reason_of(plan: &Plan) -> Option<Reason> {
+        match plan {
+            Plan::Fail { failure, .. } => Some(failure.reason),
+            Plan::Write { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn each_situation_leads_to_its_plan() {
+        let ar = AssumedRole::test();
+        let mut suspended = ar.clone();
+        suspended.spec.suspend = true;
+        let mut invalid = ar.clone();
+        invalid.spec.policy = Some("[1]".into());
+        let mut renamed = ar.clone();
+        renamed.spec.secret.name = Some("elsewhere".into());
+        let mut relabelled = ar.clone();
+        relabelled.spec.secret.labels.insert("team".into(), "billing".into());
+        let foreign = {
+            let mut s = fixtures::owned_secret(&ar, SignedDuration::from_mins(1), SignedDuration::from_hours(1));
+            s.metadata.owner_references = None;
+            SecretView::of(&ar, Some(&s), KEY)
+        };
+        let tampered = {
+            let mut s = fixtures::owned_secret(&ar, SignedDuration::from_mins(1), SignedDuration::from_hours(1));
+            s.data
+                .get_or_insert_default()
+                .insert("AWS_SESSION_TOKEN".into(), k8s_openapi::ByteString(b"x".to_vec()));
+            SecretView::of(&ar, Some(&s), KEY)
+        };
+        let missing = SecretView::of(&ar, None, KEY);
+        let fresh = own_secret(&ar, 1);
+        let due = own_secret(&ar, 50);
+        let written = held_for(&ar, 1, "reader", true, 0);
+        let unwritten = held_for(&ar, 1, "reader", false, 0);
+        let contested = held_for(&ar, 1, "reader", true, MAX_RESTORES);
+        let backing_off = ar.clone().with_status(failing(3, "STSUnavailable", 1));
+        let conflicted = ar.clone().with_status(failing(3, "SecretConflict", 1));
+        let spec_changed = ar.clone().with_generation(2).with_status(failing(3, "AccessDenied", 1));
+        let remembered = Remembered {
+            failures: 4,
+            last: now(),
+            reason: Reason::GetSecret,
+            generation: Some(1),
+            unreported: true,
+        };
+
+        let rows: Vec<(&str, Plan, &str)> = vec![
+            ("suspended", decide_with(&suspended, None, None, None), "Fail Suspended"),
+            (
+                "invalid spec",
+                decide_with(&invalid, None, None, None),
+                "Fail InvalidSpec",
+            ),
+            ("not read yet", decide_with(&ar, None, None, None), "ReadSecret"),
+            (
+                "foreign Secret",
+                decide_with(&ar, None, None, Some(&foreign)),
+                "Fail SecretConflict",
+            ),
+            ("valid, not due", decide_with(&ar, None, None, Some(&fresh)), "Keep"),
+            (
+                "valid, new labels",
+                decide_with(&relabelled, None, None, Some(&fresh)),
+                "Keep rewrite",
+            ),
+            ("due", decide_with(&ar, None, None, Some(&due)), "Mint"),
+            (
+                "missing, nothing held",
+                decide_with(&ar, None, None, Some(&missing)),
+                "Mint",
+            ),
+            (
+                "deleted, held",
+                decide_with(&ar, Some(&written), None, Some(&missing)),
+                "Write SecretRestored",
+            ),
+            (
+                "tampered, held",
+                decide_with(&ar, Some(&written), None, Some(&tampered)),
+                "Write SecretRestored",
+            ),
+            (
+                "write failed before",
+                decide_with(&ar, Some(&unwritten), None, Some(&missing)),
+                "Write CredentialsRefreshed",
+            ),
+            (
+                "renamed",
+                decide_with(&renamed, Some(&written), None, Some(&missing)),
+                "Write SecretUpdated",
+            ),
+            (
+                "contested",
+                decide_with(&ar, Some(&contested), None, Some(&tampered)),
+                "Fail SecretContested",
+            ),
+            ("in backoff", decide_with(&backing_off, None, None, None), "Wait"),
+            (
+                "lost a conflict",
+                decide_with(&conflicted, None, None, Some(&missing)),
+                "Mint",
+            ),
+            (
+                "spec changed in backoff",
+                decide_with(&spec_changed, None, None, Some(&missing)),
+                "Mint",
+            ),
+            (
+                "backoff only in memory",
+                decide_with(&ar, None, Some(&remembered), None),
+                "Wait",
+            ),
+        ];
+        for (situation, plan, expected) in rows {
+            let got = match &plan {
+                Plan::Wait { .. } => "Wait".to_string(),
+                Plan::ReadSecret => "ReadSecret".to_string(),
+                Plan::Keep { rewrite: false, .. } => "Keep".to_string(),
+                Plan::Keep { rewrite: true, .. } => "Keep rewrite".to_string(),
+                Plan::Mint { .. } => "Mint".to_string(),
+                Plan::Fail { .. } => format!("Fail {}", reason_of(&plan).map_or("", Reason::as_str)),
+                Plan::Write { .. } => format!("Write {}", reason_of(&plan).map_or("", Reason::as_str)),
+            };
+            assert_eq!(got, expected, "{situation}: {plan:?}");
+        }
+    }
+
+    #[test]
+    fn a_restore_counts_and_a_rename_starts_the_count_afresh() {
+        let ar = AssumedRole::test();
+        let missing = SecretView::of(&ar, None, KEY);
+        let held = held_for(&ar, 1, "reader", true, 2);
+        let Plan::Write { held: after, .. } = decide_with(&ar, Some(&held), None, Some(&missing)) else {
+            panic!("no write")
+        };
+        assert_eq!(after.restores, 3);
+        let mut renamed = ar.clone();
+        renamed.spec.secret.name = Some("elsewhere".into());
+        let Plan::Write { held: after, .. } = decide_with(&renamed, Some(&held), None, Some(&missing)) else {
+            panic!("no write")
+        };
+        assert_eq!((after.restores, after.secret_name.as_str()), (0, "elsewhere"));
+    }
+
+    #[test]
+    fn a_due_refresh_offers_the_current_secret_while_sts_is_asked() {
+        let ar = AssumedRole::test();
+        let due = own_secret(&ar, 50);
+        let Plan::Mint { serving, .. } = decide_with(&ar, None, None, Some(&due)) else {
+            panic!("no mint")
+        };
+        assert!(serving.is_some(), "ten minutes left: the Secret still serves");
+        let nearly_expired = own_secret(&ar, 57);
+        let Plan::Mint { serving, .. } = decide_with(&ar, None, None, Some(&nearly_expired)) else {
+            panic!("no mint")
+        };
+        assert_eq!(
+            serving, None,
+            "within the floor, the Secret no longer counts as serving"
+        );
+    }
+
+    #[test]
+    fn memory_keeps_the_backoff_growing_when_status_could_not_be_written() {
+        let ar = AssumedRole::test().with_status(failing(1, "GetSecret", 1));
+        let memory = |failures| Remembered {
+            failures,
+            last: now(),
+            reason: Reason::GetSecret,
+            generation: Some(1),
+            unreported: true,
+        };
+        let status = ar.status.clone().unwrap_or_default();
+        // Memory of a later failure wins over the status.
+        let m = memory(6);
+        assert_eq!(failures(&status, Some(&m), Some(1)).map(|f| f.0), Some(6));
+        // A restarted process has no memory: the status decides.
+        assert_eq!(failures(&status, None, Some(1)).map(|f| f.0), Some(1));
+        // Memory of another generation is not this spec's.
+        assert_eq!(failures(&status, Some(&m), Some(2)), None);
+        // The plan waits for the sixth step of the backoff, not the first.
+        let target = Target::of(&ar).expect("target");
+        let plan = decide(&Facts {
+            ar: &ar,
+            target: &target,
+            held: None,
+            memory: Some(&m),
+            secret: None,
+            now: now(),
+        });
+        let expected = schedule::retry_at(&target.uid, 6, m.last, None);
+        assert_eq!(plan, Plan::Wait { until: expected });
+    }
+}
