@@ -7,6 +7,8 @@
 #   hack/cluster.sh up   [STATE_DIR] start everything, write STATE_DIR/env
 #   hack/cluster.sh down [STATE_DIR] stop everything that `up` started, by PID
 #   hack/cluster.sh env  [STATE_DIR] print the environment for kubectl and the SDKs
+#   hack/cluster.sh stop  COMPONENT [STATE_DIR]  stop one component (etcd, kube-apiserver, ...) by PID
+#   hack/cluster.sh start COMPONENT [STATE_DIR]  start it again with the command line it had
 #
 # Binaries are cached under $ARO_CACHE (default ~/.cache/assumed-role-operator),
 # keyed by version, so only the first run pays for the build.
@@ -24,7 +26,10 @@ K8S_BIN="$CACHE/k8s-v$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd-v$ETCD_VERSION/bin"
 HELM_BIN="$CACHE/helm-v$HELM_VERSION/bin"
 VENV="$CACHE/venv-moto-$MOTO_VERSION-boto3-$BOTO3_VERSION"
-STATE="${2:-$ROOT/.cluster}"
+case "${1:-}" in
+  stop|start) COMPONENT="${2:-}"; STATE="${3:-$ROOT/.cluster}" ;;
+  *) STATE="${2:-$ROOT/.cluster}" ;;
+esac
 
 # The account that moto reports for every identity it issues.
 AWS_ACCOUNT=123456789012
@@ -105,11 +110,40 @@ wait_for() {
   done
 }
 
-# Starts a process in the background, records its PID and logs to STATE/logs.
+# Starts a process in the background, records its PID and logs to STATE/logs,
+# and keeps its command line in STATE/cmds so that `start NAME` can run it
+# again. Environment assignments before the command are kept too.
 start() {
   local name=$1; shift
-  "$@" >"$STATE/logs/$name.log" 2>&1 &
+  mkdir -p "$STATE/cmds"
+  printf '%q ' "$@" >"$STATE/cmds/$name"
+  "$@" >>"$STATE/logs/$name.log" 2>&1 &
   echo $! >"$STATE/pids/$name"
+}
+
+# Stops one component by its PID and waits for it to exit.
+stop_one() {
+  local name=$1 pid
+  [[ -f $STATE/pids/$name ]] || die "$name is not running under $STATE"
+  pid=$(<"$STATE/pids/$name")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/pids/$name"
+  log "stopped $name (PID $pid)"
+}
+
+# Starts one stopped component again with its recorded command line.
+start_one() {
+  local name=$1
+  [[ -f $STATE/cmds/$name ]] || die "no recorded command line for $name under $STATE"
+  [[ ! -f $STATE/pids/$name ]] || die "$name is already running under $STATE"
+  local cmd
+  cmd=$(<"$STATE/cmds/$name")
+  eval "$cmd" >>"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/pids/$name"
+  log "started $name again (PID $!)"
 }
 
 certs() {
@@ -205,7 +239,7 @@ up() {
 
   # A second STS that enforces IAM, for the AccessDenied tests.
   log "starting moto with IAM enforcement on 127.0.0.1:$MOTO_IAM_PORT"
-  INITIAL_NO_AUTH_ACTION_COUNT=5 start moto-iam "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_IAM_PORT"
+  start moto-iam env INITIAL_NO_AUTH_ACTION_COUNT=5 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_IAM_PORT"
   wait_for 30 moto-iam curl -sf "http://127.0.0.1:$MOTO_IAM_PORT/moto-api/"
   "$VENV/bin/python" "$ROOT/hack/moto-iam-setup.py" "http://127.0.0.1:$MOTO_IAM_PORT" >"$STATE/iam.env"
 
@@ -248,5 +282,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   env) cat "$STATE/env" ;;
-  *) echo "usage: $0 build|up|down|env [STATE_DIR]" >&2; exit 2 ;;
+  stop) [[ -n $COMPONENT ]] || die "usage: $0 stop COMPONENT [STATE_DIR]"; stop_one "$COMPONENT" ;;
+  start) [[ -n $COMPONENT ]] || die "usage: $0 start COMPONENT [STATE_DIR]"; start_one "$COMPONENT" ;;
+  *) echo "usage: $0 build|up|down|env [STATE_DIR] | stop|start COMPONENT [STATE_DIR]" >&2; exit 2 ;;
 esac

@@ -32,5 +32,5 @@ kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refr
 cargo test --locked --test e2e -- --ignored --test-threads "${E2E_THREADS:-4}" "$@"
 # The chart tests run operators that watch the whole cluster: one at a time.
 cargo test --locked --test chart -- --ignored --test-threads 1 "$@"
-# The demo starts control planes of its own.
-cargo test --locked --test demo -- --ignored --test-threads 1 "$@"
+# These start control planes of their own: the demo, and the outages.
+cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"

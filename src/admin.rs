@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 pub struct State {
     /// The metrics.
     pub metrics: Arc<Metrics>,
-    /// Set once the controller has started its watches.
+    /// True once the controller's watches have synced, and, under leader
+    /// election, while the process is a healthy standby watching the Lease.
     pub ready: Arc<AtomicBool>,
 }
 

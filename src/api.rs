@@ -71,6 +71,7 @@ pub const RESERVED_PREFIX: &str = "sts.refresh.dev/";
     cel,
     printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.roleArn"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Refreshed","type":"string","jsonPath":".status.conditions[?(@.type==\"Refreshed\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expirationTime"}"#,
     printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.refreshTime"}"#,
@@ -213,7 +214,9 @@ pub struct SecretTarget {
 #[serde(rename_all = "camelCase")]
 pub struct AssumedRoleStatus {
     /// `Ready` says whether the Secret holds valid credentials for the
-    /// current spec.
+    /// current spec; `Refreshed` whether the last attempt to refresh them
+    /// worked, and when the next one is; `RefreshAdjusted` that a refresh
+    /// setting could not be used as written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the credentials in the Secret expire, as STS said.

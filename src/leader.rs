@@ -4,7 +4,13 @@
 //! The holder runs the controller. A holder that loses the lease stops
 //! writing at once and exits, and its replacement starts from fresh caches.
 
-use std::future::Future;
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
@@ -24,12 +30,14 @@ pub enum Outcome {
 }
 
 /// Waits for the lease, then runs `work` with a token that is cancelled on
-/// shutdown or when the lease is lost.
+/// shutdown or when the lease is lost. `ready` is true while this process is
+/// a healthy standby (it watches the Lease); `work` sets it while leading.
 pub async fn run_as_leader<F, Fut>(
     client: Client,
     namespace: &str,
     identity: &str,
     duration_seconds: u64,
+    ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
     work: F,
 ) -> Result<Outcome, LeaseManagerError>
@@ -47,6 +55,7 @@ where
         .await?;
     let (mut leading, lease_task) = manager.watch().await;
     info!(lease = LEASE_NAME, %namespace, %identity, "waiting for the leader lease");
+    ready.store(!*leading.borrow(), Ordering::Relaxed);
     while !*leading.borrow_and_update() {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -63,6 +72,8 @@ where
         }
     }
     info!(lease = LEASE_NAME, "acquired the leader lease");
+    // Ready again once the controller's watches have synced.
+    ready.store(false, Ordering::Relaxed);
     let token = shutdown.child_token();
     let work = work(token.clone());
     tokio::pin!(work);

@@ -102,6 +102,12 @@ impl Error {
     }
 }
 
+impl From<&Error> for outcome::Failure {
+    fn from(e: &Error) -> Self {
+        Self::new(e.reason(), e.to_string())
+    }
+}
+
 /// What the API server (or the connection to it) said, in its own words: the
 /// `message` of a Status, not the client's debug dump of it.
 pub fn api_message(error: &kube::Error) -> String {

@@ -34,7 +34,8 @@ enum Command {
 #[derive(Parser)]
 struct RunArgs {
     /// Log filter, in tracing's env-filter syntax (for example `info` or
-    /// `assumed_role_operator=debug`).
+    /// `assumed_role_operator=debug`). The Kubernetes client's own line per
+    /// failed request is off unless the filter names `kube_client`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log format.
@@ -132,6 +133,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.namespace,
             &identity,
             args.lease_duration_seconds,
+            state.ready.clone(),
             shutdown.clone(),
             |token| controller::run(ctx, settings, ready, token),
         )
@@ -184,7 +186,17 @@ async fn signal_shutdown(token: CancellationToken) {
 }
 
 fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("parsing --log-level")?;
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("parsing --log-level")?;
+    // The client logs every failed request at error level with no word of
+    // the object; the operator logs each failed attempt once, with it. Ask
+    // for `kube_client=...` in the filter to see the client's own lines.
+    if !args.log_level.contains("kube_client") {
+        filter = filter.add_directive(
+            "kube_client::client::builder=off"
+                .parse()
+                .context("the client log directive")?,
+        );
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

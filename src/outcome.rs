@@ -187,12 +187,6 @@ impl From<crate::sts::StsError> for Failure {
     }
 }
 
-impl From<&crate::Error> for Failure {
-    fn from(e: &crate::Error) -> Self {
-        Self::new(e.reason(), e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,8 @@ pub struct Facts<'a> {
     pub memory: Option<&'a Remembered>,
     /// Its Secret, once read; `None` before.
     pub secret: Option<&'a SecretView>,
+    /// When a watch last heard from the API server.
+    pub api_seen: Option<Timestamp>,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -222,6 +224,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         held,
         memory,
         secret,
+        api_seen,
         now,
     } = *facts;
     let status = ar.status.clone().unwrap_or_default();
@@ -238,12 +241,14 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     };
 
     // A failing AssumedRole waits out its backoff, even across restarts and
-    // whether or not its status could be written, unless its spec changed
-    // or it lost a conflict: that one is over as soon as the other Secret is
-    // gone, and the Secret watch says when.
+    // whether or not its status could be written, unless its spec changed,
+    // or it lost a conflict (over as soon as the other Secret is gone, which
+    // the Secret watch tells), or it could not reach the API server and a
+    // watch has heard from it since.
     if let Some((count, last, reason)) = failures(&status, memory, target.generation) {
         let last_reason = reason.or_else(|| ready_reason(&status));
-        if last_reason != Some(Reason::SecretConflict) {
+        let api_back = last_reason.is_some_and(Reason::is_api_failure) && api_seen.is_some_and(|t| t > last);
+        if last_reason != Some(Reason::SecretConflict) && !api_back {
             let expires = held
                 .map(|h| h.creds.expiration)
                 .or(status.expiration_time.as_ref().map(|t| t.0));
@@ -375,8 +380,12 @@ mod tests {
 
     const KEY: &[u8] = fixtures::KEY;
 
+    /// One instant for the whole test run, so that a failure "now" and a
+    /// decision "now" are the same second.
     fn now() -> Timestamp {
-        schedule::whole_second(Timestamp::now())
+        static NOW: std::sync::LazyLock<Timestamp> =
+            std::sync::LazyLock::new(|| schedule::whole_second(Timestamp::now()));
+        *NOW
     }
 
     /// The AssumedRole's own Secret, issued `age` ago for an hour.
@@ -412,6 +421,7 @@ mod tests {
             held,
             memory,
             secret,
+            api_seen: None,
             now: now(),
         })
     }
@@ -623,9 +633,47 @@ mod tests {
             held: None,
             memory: Some(&m),
             secret: None,
+            api_seen: None,
             now: now(),
         });
         let expected = schedule::retry_at(&target.uid, 6, m.last, None);
         assert_eq!(plan, Plan::Wait { until: expected });
+    }
+
+    #[test]
+    fn once_a_watch_hears_from_the_api_server_again_its_failures_wait_no_longer() {
+        let ar = AssumedRole::test();
+        let target = Target::of(&ar).expect("target");
+        // Decided half a second after the fifth failure: every backoff
+        // waits at least a second, so without news the plan is to wait.
+        let failed = now();
+        let decided = failed + SignedDuration::from_millis(500);
+        let memory = |reason| Remembered {
+            failures: 5,
+            last: failed,
+            reason,
+            generation: Some(1),
+            unreported: true,
+        };
+        let plan = |m: &Remembered, api_seen| {
+            decide(&Facts {
+                ar: &ar,
+                target: &target,
+                held: None,
+                memory: Some(m),
+                secret: None,
+                api_seen,
+                now: decided,
+            })
+        };
+        let unreachable = memory(Reason::GetSecret);
+        let sts_down = memory(Reason::StsUnavailable);
+        let later = Some(failed + SignedDuration::from_millis(250));
+        let earlier = Some(failed - SignedDuration::from_secs(5));
+        assert!(matches!(plan(&unreachable, None), Plan::Wait { .. }));
+        assert!(matches!(plan(&unreachable, earlier), Plan::Wait { .. }));
+        assert_eq!(plan(&unreachable, later), Plan::ReadSecret);
+        // STS being down is not the API server's: the backoff stands.
+        assert!(matches!(plan(&sts_down, later), Plan::Wait { .. }));
     }
 }

@@ -67,6 +67,11 @@ async fn access_denied_leaves_the_secret_as_it_was_and_backs_off() {
             .await
             >= 2
     );
+    // The reconciles are counted as what they are, never as a success.
+    let denied = operator
+        .counter("assumed_role_operator_reconciles_total", Some(r#"result="sts_denied""#))
+        .await;
+    assert!(denied >= 2, "{denied} reconciles counted as sts_denied");
 }
 
 #[tokio::test]

@@ -44,3 +44,38 @@ async fn sigterm_stops_the_operator_promptly_while_starting_idle_and_reconciling
     eprintln!("SIGTERM while reconciling: stopped in {} ms", took.as_millis());
     assert!(!busy.running());
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn readiness_means_synced_watches_or_a_healthy_standby() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "standby").await;
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let leader = Operator::start(&ns.name, &["--leader-elect", "--lease-duration-seconds", "15"], &[]);
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "the leader",
+        || async { leader.output().contains("acquired the leader lease").then_some(()) },
+    )
+    .await;
+    leader.wait_ready().await;
+    // Ready as a leader only once its watches have synced.
+    let log = leader.output();
+    let synced = log.find("watches synced").expect("the watches synced");
+    assert!(synced > log.find("acquired the leader lease").unwrap_or(0));
+
+    let standby = Operator::start(&ns.name, &["--leader-elect", "--lease-duration-seconds", "15"], &[]);
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "the standby",
+        || async { standby.output().contains("waiting for the leader lease").then_some(()) },
+    )
+    .await;
+    standby.wait_ready().await;
+    assert!(
+        !standby.output().contains("acquired the leader lease"),
+        "two leaders at once"
+    );
+}

@@ -9,45 +9,29 @@
 //! written, with a Warning Event only on a transition.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::{
-    api::{
-        core::v1::Secret,
-        events::v1::{Event as K8sEvent, EventSeries},
-    },
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
-};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions},
-    runtime::{
-        Controller, WatchStreamExt, controller::Action, events::EventType, predicates, reflector, reflector::ObjectRef,
-        watcher,
-    },
+    api::PartialObjectMeta,
+    runtime::{Controller, WatchStreamExt, controller::Action, predicates, reflector, reflector::ObjectRef, watcher},
 };
-use serde_json::json;
 use tracing::{debug, info, warn};
+
+mod executor;
+mod publisher;
 
 pub use crate::plan::MAX_RESTORES;
 use crate::{
-    Error, Result,
-    api::{AssumedRole, AssumedRoleStatus},
-    events,
-    memory::Memory,
-    metrics::Metrics,
-    outcome::{Failure, Reason, Retry},
-    plan::{self, Facts, Held, Plan, Remembered, SecretView, Serving, Target},
-    schedule::{self, Refresh},
-    secret,
-    status::{self, Report},
-    sts::{AssumedSession, Sts},
+    Error, Result, api::AssumedRole, memory::Memory, metrics::Metrics, outcome::Reason, plan::Target, schedule, secret,
+    sts::Sts,
 };
+pub use publisher::EventPublisher;
 
 /// Field manager for every write the operator makes.
 pub const FIELD_MANAGER: &str = "assumed-role-operator";
@@ -69,6 +53,15 @@ pub struct Context {
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
     owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
+    /// When a watch last received anything from the API server (Unix
+    /// seconds; 0 for never).
+    api_seen: std::sync::atomic::AtomicI64,
+    /// Set when a call to the API server failed, cleared when one works.
+    api_down: std::sync::atomic::AtomicBool,
+    /// Tells every controller loop that the API server answers again, so
+    /// that the AssumedRoles waiting out a backoff from the outage catch up
+    /// at once rather than each at its own retry time.
+    api_back: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Context {
@@ -88,7 +81,37 @@ impl Context {
             metrics,
             memory: Memory::default(),
             owned_secrets: Mutex::default(),
+            api_seen: std::sync::atomic::AtomicI64::new(0),
+            api_down: std::sync::atomic::AtomicBool::new(false),
+            api_back: tokio::sync::broadcast::channel(4).0,
         }
+    }
+
+    /// Notes whether a call to the API server worked; the first success
+    /// after a failure tells the controller loops.
+    fn api_answered(&self, answered: bool) {
+        use std::sync::atomic::Ordering;
+        if answered {
+            self.saw_api();
+            if self.api_down.swap(false, Ordering::Relaxed) {
+                info!("the API server answers again; reconciling every AssumedRole");
+                let _ = self.api_back.send(());
+            }
+        } else {
+            self.api_down.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that a watch heard from the API server just now.
+    fn saw_api(&self) {
+        self.api_seen
+            .store(Timestamp::now().as_second(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When a watch last heard from the API server.
+    fn api_seen(&self) -> Option<Timestamp> {
+        let seconds = self.api_seen.load(std::sync::atomic::Ordering::Relaxed);
+        (seconds > 0).then(|| Timestamp::from_second(seconds).ok()).flatten()
     }
 
     /// Names and UIDs of the Secrets in `namespace` that the AssumedRole
@@ -119,7 +142,7 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
     let started = std::time::Instant::now();
     let target = Target::of(&ar);
     let (action, reason) = match &target {
-        Ok(target) => execute(&ar, &ctx, target, Timestamp::now()).await,
+        Ok(target) => executor::execute(&ar, &ctx, target, Timestamp::now()).await,
         Err(_) => (Action::await_change(), Reason::MissingMetadata),
     };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
@@ -129,460 +152,6 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
 
 /// Decides and carries out the plan; returns the requeue and the reason the
 /// reconcile ended with.
-async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Action, Reason) {
-    let held = ctx.memory.held(&target.uid);
-    let memory = ctx.memory.failures(&target.uid);
-    let mut view = None;
-    // At most two rounds: the second one with the Secret read.
-    for _ in 0..2 {
-        let facts = Facts {
-            ar,
-            target,
-            held: held.as_ref(),
-            memory: memory.as_ref(),
-            secret: view.as_ref(),
-            now,
-        };
-        match plan::decide(&facts) {
-            Plan::ReadSecret => {
-                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-                match api.get_opt(&target.secret_name).await {
-                    Ok(secret) => view = Some(SecretView::of(ar, secret.as_ref(), &ctx.hmac_key)),
-                    Err(source) => {
-                        let error = Error::GetSecret {
-                            name: target.secret_name.clone(),
-                            source,
-                        };
-                        return failed(ar, ctx, target, Failure::from(&error), None, now).await;
-                    }
-                }
-            }
-            Plan::Wait { until } => {
-                debug!(name = %target.name, wait = %until.duration_since(now), "waiting out the backoff");
-                let reason = memory.as_ref().map_or(Reason::StsUnavailable, |m| m.reason);
-                return (requeue_at(until, now), reason);
-            }
-            Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
-            Plan::Keep { held, refresh, rewrite } => {
-                debug!(name = %target.name, refresh = %refresh.at, "Secret is valid and not due; no STS call");
-                let written = if rewrite {
-                    Some((
-                        Reason::SecretUpdated,
-                        format!("updated Secret {} without new credentials", target.secret_name),
-                    ))
-                } else {
-                    None
-                };
-                let serving = Serving {
-                    expires: held.creds.expiration,
-                };
-                return write_and_report(ar, ctx, target, held, refresh, written, Some(serving), None, now).await;
-            }
-            Plan::Write { held, refresh, reason } => {
-                let note = match reason {
-                    Reason::SecretRestored => {
-                        info!(secret = %target.secret_name, restores = held.restores, "restoring the Secret from held credentials");
-                        format!("restored Secret {} without calling STS", target.secret_name)
-                    }
-                    Reason::SecretUpdated => format!(
-                        "wrote the current credentials to Secret {} without calling STS",
-                        target.secret_name
-                    ),
-                    _ => format!("wrote new credentials to Secret {}", target.secret_name),
-                };
-                let refreshed_at = (reason == Reason::CredentialsRefreshed).then_some(held.issued);
-                return write_and_report(
-                    ar,
-                    ctx,
-                    target,
-                    held,
-                    refresh,
-                    Some((reason, note)),
-                    None,
-                    refreshed_at,
-                    now,
-                )
-                .await;
-            }
-            Plan::Mint {
-                request,
-                spec_hash,
-                serving,
-            } => {
-                debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
-                let outcome = ctx.sts.assume_role(&request).await;
-                ctx.metrics
-                    .sts_call(outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"));
-                let AssumedSession {
-                    credentials,
-                    assumed_role_arn,
-                    source_identity,
-                } = match outcome {
-                    Ok(session) => session,
-                    Err(e) => return failed(ar, ctx, target, Failure::from(e), serving, now).await,
-                };
-                let issued = schedule::whole_second(now);
-                let setting = ar.spec.refresh_before().unwrap_or(crate::api::RefreshBefore::Default);
-                let refresh = plan::refresh_for(&target.uid, issued, credentials.expiration, setting);
-                let held = Held {
-                    creds: credentials,
-                    issued,
-                    spec_hash,
-                    assumed_role_arn,
-                    source_identity,
-                    secret_name: target.secret_name.clone(),
-                    written: false,
-                    restores: 0,
-                };
-                // Held before the write: if the write fails, the retry
-                // writes this set rather than calling STS again.
-                ctx.memory.hold(&target.uid, held.clone());
-                let note = format!("wrote new credentials to Secret {}", target.secret_name);
-                let written = Some((Reason::CredentialsRefreshed, note));
-                return write_and_report(ar, ctx, target, held, refresh, written, serving, Some(issued), now).await;
-            }
-        }
-    }
-    // The second round always has the Secret.
-    (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
-}
-
-/// Writes the Secret when `written` names why, then holds the credentials,
-/// removes Secrets left behind by a rename, and reports success.
-#[allow(clippy::too_many_arguments)]
-async fn write_and_report(
-    ar: &AssumedRole,
-    ctx: &Context,
-    target: &Target,
-    mut held: Held,
-    refresh: Refresh,
-    written: Option<(Reason, String)>,
-    serving_if_write_fails: Option<Serving>,
-    refreshed_at: Option<Timestamp>,
-    now: Timestamp,
-) -> (Action, Reason) {
-    if let Some((reason, _)) = &written {
-        if let Err(error) = apply_secret(ar, ctx, target, &held).await {
-            return failed(ar, ctx, target, Failure::from(&error), serving_if_write_fails, now).await;
-        }
-        ctx.metrics.secret_write(match reason {
-            Reason::SecretRestored => "restore",
-            Reason::SecretUpdated => "layout",
-            _ => "refresh",
-        });
-        if *reason == Reason::CredentialsRefreshed {
-            info!(secret = %target.secret_name, expires = %held.creds.expiration, refresh = %refresh.at, "wrote new credentials");
-        }
-    }
-    held.written = true;
-    ctx.memory.hold(&target.uid, held.clone());
-    ctx.memory.set_failures(&target.uid, None);
-    remove_stale_secrets(ar, ctx, target).await;
-    let old = ar.status.clone().unwrap_or_default();
-    let report = Report::Serving {
-        held: &held,
-        refresh,
-        refreshed_at,
-    };
-    let new = status::next(&old, target.generation, &target.secret_name, report, now);
-    if let Some((reason, note)) = &written {
-        publish(ctx, ar, EventType::Normal, *reason, note).await;
-    }
-    let reason = written.map_or(Reason::CredentialsReady, |(r, _)| r);
-    if let Err(error) = patch_status(ar, ctx, target, &old, new).await {
-        // The Secret is right; only the status lags. Retry after a backoff.
-        return failed(
-            ar,
-            ctx,
-            target,
-            Failure::from(&error),
-            Some(Serving {
-                expires: held.creds.expiration,
-            }),
-            now,
-        )
-        .await;
-    }
-    (requeue_at(refresh.at, now), reason)
-}
-
-/// Records a failure: memory, status and, on a transition, a Warning Event.
-/// The Secret is never touched here.
-async fn failed(
-    ar: &AssumedRole,
-    ctx: &Context,
-    target: &Target,
-    failure: Failure,
-    serving: Option<Serving>,
-    now: Timestamp,
-) -> (Action, Reason) {
-    let reason = failure.reason;
-    let old = ar.status.clone().unwrap_or_default();
-    let remembered = ctx.memory.failures(&target.uid);
-    let previous = plan::failures(&old, remembered.as_ref(), target.generation);
-    let counts = reason.is_failure();
-    let failed_at = schedule::whole_second(now);
-    let failures = match (counts, previous) {
-        (true, Some((n, _, _))) => n.saturating_add(1),
-        (true, None) => 1,
-        (false, Some((n, _, _))) => n,
-        (false, None) => 0,
-    };
-    let expires = ctx
-        .memory
-        .held(&target.uid)
-        .map(|h| h.creds.expiration)
-        .or(old.expiration_time.as_ref().map(|t| t.0));
-    let retry_at =
-        (reason.retry() == Retry::Backoff).then(|| schedule::retry_at(&target.uid, failures, failed_at, expires));
-    // One line per attempt, which is one per backoff step.
-    warn!(
-        name = %target.name,
-        namespace = %target.namespace,
-        reason = %reason,
-        failures,
-        retry_at = ?retry_at.map(|t| t.to_string()),
-        "{}",
-        failure.message
-    );
-    // The same failure as last time, which could not be reported then (the
-    // API server is unreachable): don't knock again until something changes.
-    let unreported_before = remembered
-        .as_ref()
-        .is_some_and(|m| m.unreported && m.reason == reason && m.generation == target.generation);
-    let mut unreported = unreported_before;
-    if !unreported_before {
-        let report = Report::Failed {
-            failure: &failure,
-            serving,
-            failures,
-            failed_at: counts.then_some(failed_at),
-            retry_at,
-        };
-        let new = status::next(&old, target.generation, &target.secret_name, report, now);
-        if status::is_transition(&old, &new) {
-            publish(ctx, ar, EventType::Warning, reason, &failure.message).await;
-        }
-        unreported = match patch_status(ar, ctx, target, &old, new).await {
-            Ok(()) => false,
-            Err(error) => {
-                warn!(name = %target.name, error = %error, "could not report the failure in status");
-                true
-            }
-        };
-    }
-    if counts {
-        ctx.memory.set_failures(
-            &target.uid,
-            Some(Remembered {
-                failures,
-                last: failed_at,
-                reason,
-                generation: target.generation,
-                unreported,
-            }),
-        );
-    }
-    let action = match reason.retry() {
-        Retry::Backoff => retry_at.map_or_else(Action::await_change, |t| requeue_at(t, now)),
-        // A contested Secret gets new credentials at the next refresh.
-        Retry::Never if reason == Reason::SecretContested => ctx
-            .memory
-            .held(&target.uid)
-            .and_then(|h| {
-                let setting = ar.spec.refresh_before().ok()?;
-                Some(plan::refresh_for(&target.uid, h.issued, h.creds.expiration, setting).at)
-            })
-            .map_or_else(Action::await_change, |t| requeue_at(t, now)),
-        _ => Action::await_change(),
-    };
-    (action, reason)
-}
-
-async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &Held) -> Result<()> {
-    let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
-    let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    api.patch(
-        &target.secret_name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(|source| Error::ApplySecret {
-        name: target.secret_name.clone(),
-        source,
-    })?;
-    Ok(())
-}
-
-/// Deletes the Secrets this AssumedRole controls under other names than its
-/// current one, once that one holds its credentials: what a rename of
-/// `spec.secret.name` left behind would otherwise keep credentials that are
-/// never refreshed. A failure is logged and retried at the next write.
-async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, target: &Target) {
-    let stale = ctx.stale_secrets(&target.namespace, &target.uid, &target.secret_name);
-    if stale.is_empty() {
-        return;
-    }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    for (name, secret_uid) in stale {
-        // Only the object that was seen: never one created since under the
-        // same name.
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: secret_uid,
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {
-                info!(secret = %name, current = %target.secret_name, "deleted a Secret left behind by a rename");
-                let note = format!(
-                    "deleted Secret {name}: the credentials now live in Secret {}",
-                    target.secret_name
-                );
-                publish(ctx, ar, EventType::Normal, Reason::SecretRemoved, &note).await;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => warn!(secret = %name, error = %crate::api_message(&e), "could not delete a stale Secret"),
-        }
-    }
-}
-
-async fn patch_status(
-    ar: &AssumedRole,
-    ctx: &Context,
-    target: &Target,
-    old: &AssumedRoleStatus,
-    status: AssumedRoleStatus,
-) -> Result<()> {
-    if ar.status.is_some() && *old == status {
-        return Ok(());
-    }
-    let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    let patch = json!({
-        "apiVersion": AssumedRole::api_version(&()),
-        "kind": AssumedRole::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &target.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::PatchStatus)?;
-    Ok(())
-}
-
-async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: Reason, note: &str) {
-    if let Err(e) = ctx.events.publish(ar, type_, reason.as_str(), note).await {
-        warn!(error = %crate::api_message(&e), "could not publish an Event");
-    }
-}
-
-/// Folds repeats of an Event into a series for this long, as kube-runtime's
-/// recorder does.
-const EVENT_SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
-
-/// Publishes `events.k8s.io/v1` Events about AssumedRoles. Like
-/// kube-runtime's `Recorder`, it folds a repeat into the first Event's
-/// series; unlike it, it fits the Event's name and note to the API server's
-/// limits whatever the object's name and the message (see
-/// [`crate::events`]).
-pub struct EventPublisher {
-    client: Client,
-    instance: String,
-    series: tokio::sync::Mutex<HashMap<EventKey, K8sEvent>>,
-}
-
-/// What makes two Events the same one, repeated: the object (by UID), the
-/// reason, the type and the note.
-type EventKey = (String, String, &'static str, String);
-
-impl EventPublisher {
-    /// A publisher that reports as `instance` (the pod's name), or as the
-    /// controller when there is none.
-    pub fn new(client: Client, instance: Option<String>) -> Self {
-        Self {
-            client,
-            instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()),
-            series: tokio::sync::Mutex::default(),
-        }
-    }
-
-    /// Publishes one Event regarding `ar`, or counts a repeat of the last one
-    /// with the same type and reason.
-    pub async fn publish(
-        &self,
-        ar: &AssumedRole,
-        type_: EventType,
-        reason: &str,
-        note: &str,
-    ) -> Result<(), kube::Error> {
-        let namespace = ar.namespace().unwrap_or_else(|| "default".into());
-        let name = ar.name_any();
-        let type_name = match type_ {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        };
-        let now = Timestamp::now();
-        let key = (
-            ar.uid().unwrap_or_default(),
-            reason.to_string(),
-            type_name,
-            events::fit_note(note),
-        );
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
-        // The lock is never held across a call to the API server.
-        let repeat = {
-            let mut series = self.series.lock().await;
-            series.retain(|_, e| {
-                let last = e
-                    .series
-                    .as_ref()
-                    .map(|s| s.last_observed_time.0)
-                    .or(e.event_time.as_ref().map(|t| t.0));
-                last.is_some_and(|t| t + EVENT_SERIES_TTL > now)
-            });
-            series.get_mut(&key).map(|previous| {
-                let count = previous.series.as_ref().map_or(2, |s| s.count + 1);
-                previous.series = Some(EventSeries {
-                    count,
-                    last_observed_time: MicroTime(now),
-                });
-                (previous.name_any(), json!({"series": previous.series}))
-            })
-        };
-        if let Some((event_name, patch)) = repeat {
-            api.patch(&event_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            return Ok(());
-        }
-        let event = K8sEvent {
-            metadata: ObjectMeta {
-                name: Some(events::event_name(&name, now)),
-                namespace: Some(namespace),
-                ..ObjectMeta::default()
-            },
-            action: Some("Reconcile".into()),
-            reason: Some(reason.into()),
-            note: Some(key.3.clone()),
-            type_: Some(type_name.into()),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(ar.object_ref(&())),
-            reporting_controller: Some(FIELD_MANAGER.into()),
-            reporting_instance: Some(self.instance.clone()),
-            ..K8sEvent::default()
-        };
-        let created = api.create(&PostParams::default(), &event).await?;
-        self.series.lock().await.insert(key, created);
-        Ok(())
-    }
-}
-
 fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
     let wait = at.duration_since(now).max(SignedDuration::from_secs(1));
     Action::requeue(Duration::try_from(wait).unwrap_or(Duration::from_secs(1)))
@@ -637,8 +206,12 @@ pub async fn run(
             ready_stores.push(reader.clone());
             // Status writes change no generation: filtering on it keeps the
             // operator's own status patches from waking it up again.
+            // What the watch hears, or fails to, says whether the API server
+            // answers.
+            let seen = ctx.clone();
             let roles = watcher(roles, watcher::Config::default().any_semantic())
                 .default_backoff()
+                .inspect(move |event| seen.api_answered(event.is_ok()))
                 .reflect(writer)
                 .applied_objects()
                 .predicate_filter(predicates::generation, Default::default());
@@ -660,7 +233,15 @@ pub async fn run(
             let ctx = ctx.clone();
             let token = shutdown.clone();
             let wanting = reader.clone();
+            let api_back = futures::stream::unfold(ctx.api_back.subscribe(), |mut rx| async move {
+                use tokio::sync::broadcast::error::RecvError;
+                match rx.recv().await {
+                    Ok(()) | Err(RecvError::Lagged(_)) => Some(((), rx)),
+                    Err(RecvError::Closed) => None,
+                }
+            });
             Controller::for_stream(roles, reader)
+                .reconcile_all_on(api_back)
                 // A change to a Secret, or its deletion, wakes its owner and
                 // every AssumedRole that names it: one that lost a conflict
                 // takes the name over as soon as it is free.
@@ -846,6 +427,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        api::AssumedRoleStatus,
         fixtures::{self, FakeSts},
         sts::StsError,
     };

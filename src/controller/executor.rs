@@ -1,0 +1,393 @@
+//! The executor: carries out the plan that [`plan::decide`] returns, and
+//! ends every reconcile in one report (status, memory, an Event on a
+//! transition). Every effect of a reconcile is made here.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{controller::Action, events::EventType},
+};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::{Context, FIELD_MANAGER, requeue_at};
+use crate::{
+    Error, Result,
+    api::{AssumedRole, AssumedRoleStatus},
+    outcome::{Failure, Reason, Retry},
+    plan::{self, Facts, Held, Plan, Remembered, SecretView, Serving, Target},
+    schedule::{self, Refresh},
+    secret,
+    status::{self, Report},
+    sts::AssumedSession,
+};
+
+pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Action, Reason) {
+    let held = ctx.memory.held(&target.uid);
+    let memory = ctx.memory.failures(&target.uid);
+    let mut view = None;
+    // At most two rounds: the second one with the Secret read.
+    for _ in 0..2 {
+        let facts = Facts {
+            ar,
+            target,
+            held: held.as_ref(),
+            memory: memory.as_ref(),
+            secret: view.as_ref(),
+            api_seen: ctx.api_seen(),
+            now,
+        };
+        match plan::decide(&facts) {
+            Plan::ReadSecret => {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
+                let answer = api.get_opt(&target.secret_name).await;
+                ctx.api_answered(!matches!(&answer, Err(e) if unreachable(e)));
+                match answer {
+                    Ok(secret) => view = Some(SecretView::of(ar, secret.as_ref(), &ctx.hmac_key)),
+                    Err(source) => {
+                        let error = Error::GetSecret {
+                            name: target.secret_name.clone(),
+                            source,
+                        };
+                        return failed(ar, ctx, target, Failure::from(&error), None, now).await;
+                    }
+                }
+            }
+            Plan::Wait { until } => {
+                debug!(name = %target.name, wait = %until.duration_since(now), "waiting out the backoff");
+                let reason = memory.as_ref().map_or(Reason::StsUnavailable, |m| m.reason);
+                return (requeue_at(until, now), reason);
+            }
+            Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
+            Plan::Keep { held, refresh, rewrite } => {
+                debug!(name = %target.name, refresh = %refresh.at, "Secret is valid and not due; no STS call");
+                let written = if rewrite {
+                    Some((
+                        Reason::SecretUpdated,
+                        format!("updated Secret {} without new credentials", target.secret_name),
+                    ))
+                } else {
+                    None
+                };
+                let serving = Serving {
+                    expires: held.creds.expiration,
+                };
+                return write_and_report(ar, ctx, target, held, refresh, written, Some(serving), None, now).await;
+            }
+            Plan::Write { held, refresh, reason } => {
+                let note = match reason {
+                    Reason::SecretRestored => {
+                        info!(secret = %target.secret_name, restores = held.restores, "restoring the Secret from held credentials");
+                        format!("restored Secret {} without calling STS", target.secret_name)
+                    }
+                    Reason::SecretUpdated => format!(
+                        "wrote the current credentials to Secret {} without calling STS",
+                        target.secret_name
+                    ),
+                    _ => format!("wrote new credentials to Secret {}", target.secret_name),
+                };
+                let refreshed_at = (reason == Reason::CredentialsRefreshed).then_some(held.issued);
+                return write_and_report(
+                    ar,
+                    ctx,
+                    target,
+                    held,
+                    refresh,
+                    Some((reason, note)),
+                    None,
+                    refreshed_at,
+                    now,
+                )
+                .await;
+            }
+            Plan::Mint {
+                request,
+                spec_hash,
+                serving,
+            } => {
+                debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
+                let outcome = ctx.sts.assume_role(&request).await;
+                ctx.metrics
+                    .sts_call(outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"));
+                let AssumedSession {
+                    credentials,
+                    assumed_role_arn,
+                    source_identity,
+                } = match outcome {
+                    Ok(session) => session,
+                    Err(e) => return failed(ar, ctx, target, Failure::from(e), serving, now).await,
+                };
+                let issued = schedule::whole_second(now);
+                let setting = ar.spec.refresh_before().unwrap_or(crate::api::RefreshBefore::Default);
+                let refresh = plan::refresh_for(&target.uid, issued, credentials.expiration, setting);
+                let held = Held {
+                    creds: credentials,
+                    issued,
+                    spec_hash,
+                    assumed_role_arn,
+                    source_identity,
+                    secret_name: target.secret_name.clone(),
+                    written: false,
+                    restores: 0,
+                };
+                // Held before the write: if the write fails, the retry
+                // writes this set rather than calling STS again.
+                ctx.memory.hold(&target.uid, held.clone());
+                let note = format!("wrote new credentials to Secret {}", target.secret_name);
+                let written = Some((Reason::CredentialsRefreshed, note));
+                return write_and_report(ar, ctx, target, held, refresh, written, serving, Some(issued), now).await;
+            }
+        }
+    }
+    // The second round always has the Secret.
+    (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
+}
+
+/// Writes the Secret when `written` names why, then holds the credentials,
+/// removes Secrets left behind by a rename, and reports success.
+#[allow(clippy::too_many_arguments)]
+async fn write_and_report(
+    ar: &AssumedRole,
+    ctx: &Context,
+    target: &Target,
+    mut held: Held,
+    refresh: Refresh,
+    written: Option<(Reason, String)>,
+    serving_if_write_fails: Option<Serving>,
+    refreshed_at: Option<Timestamp>,
+    now: Timestamp,
+) -> (Action, Reason) {
+    if let Some((reason, _)) = &written {
+        if let Err(error) = apply_secret(ar, ctx, target, &held).await {
+            return failed(ar, ctx, target, Failure::from(&error), serving_if_write_fails, now).await;
+        }
+        ctx.metrics.secret_write(match reason {
+            Reason::SecretRestored => "restore",
+            Reason::SecretUpdated => "layout",
+            _ => "refresh",
+        });
+        if *reason == Reason::CredentialsRefreshed {
+            info!(secret = %target.secret_name, expires = %held.creds.expiration, refresh = %refresh.at, "wrote new credentials");
+        }
+    }
+    held.written = true;
+    ctx.memory.hold(&target.uid, held.clone());
+    ctx.memory.set_failures(&target.uid, None);
+    remove_stale_secrets(ar, ctx, target).await;
+    let old = ar.status.clone().unwrap_or_default();
+    let report = Report::Serving {
+        held: &held,
+        refresh,
+        refreshed_at,
+    };
+    let new = status::next(&old, target.generation, &target.secret_name, report, now);
+    if let Some((reason, note)) = &written {
+        publish(ctx, ar, EventType::Normal, *reason, note).await;
+    }
+    let reason = written.map_or(Reason::CredentialsReady, |(r, _)| r);
+    if let Err(error) = patch_status(ar, ctx, target, &old, new).await {
+        // The Secret is right; only the status lags. Retry after a backoff.
+        return failed(
+            ar,
+            ctx,
+            target,
+            Failure::from(&error),
+            Some(Serving {
+                expires: held.creds.expiration,
+            }),
+            now,
+        )
+        .await;
+    }
+    (requeue_at(refresh.at, now), reason)
+}
+
+/// Whether `error` says that the API server could not be reached or could
+/// not answer (as opposed to an answer that refuses).
+fn unreachable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
+/// Records a failure: memory, status and, on a transition, a Warning Event.
+/// The Secret is never touched here.
+async fn failed(
+    ar: &AssumedRole,
+    ctx: &Context,
+    target: &Target,
+    failure: Failure,
+    serving: Option<Serving>,
+    now: Timestamp,
+) -> (Action, Reason) {
+    let reason = failure.reason;
+    let old = ar.status.clone().unwrap_or_default();
+    let remembered = ctx.memory.failures(&target.uid);
+    let previous = plan::failures(&old, remembered.as_ref(), target.generation);
+    let counts = reason.is_failure();
+    let failed_at = schedule::whole_second(now);
+    let failures = match (counts, previous) {
+        (true, Some((n, _, _))) => n.saturating_add(1),
+        (true, None) => 1,
+        (false, Some((n, _, _))) => n,
+        (false, None) => 0,
+    };
+    let expires = ctx
+        .memory
+        .held(&target.uid)
+        .map(|h| h.creds.expiration)
+        .or(old.expiration_time.as_ref().map(|t| t.0));
+    let retry_at =
+        (reason.retry() == Retry::Backoff).then(|| schedule::retry_at(&target.uid, failures, failed_at, expires));
+    // One line per attempt, which is one per backoff step.
+    warn!(
+        name = %target.name,
+        namespace = %target.namespace,
+        reason = %reason,
+        failures,
+        retry_at = ?retry_at.map(|t| t.to_string()),
+        "{}",
+        failure.message
+    );
+    // The same failure as last time, which could not be reported then (the
+    // API server is unreachable): don't knock again until something changes.
+    let unreported_before = remembered
+        .as_ref()
+        .is_some_and(|m| m.unreported && m.reason == reason && m.generation == target.generation);
+    let mut unreported = unreported_before;
+    if !unreported_before {
+        let report = Report::Failed {
+            failure: &failure,
+            serving,
+            failures,
+            failed_at: counts.then_some(failed_at),
+            retry_at,
+        };
+        let new = status::next(&old, target.generation, &target.secret_name, report, now);
+        if status::is_transition(&old, &new) {
+            publish(ctx, ar, EventType::Warning, reason, &failure.message).await;
+        }
+        unreported = match patch_status(ar, ctx, target, &old, new).await {
+            Ok(()) => false,
+            Err(error) => {
+                warn!(name = %target.name, error = %error, "could not report the failure in status");
+                true
+            }
+        };
+    }
+    if counts {
+        ctx.memory.set_failures(
+            &target.uid,
+            Some(Remembered {
+                failures,
+                last: failed_at,
+                reason,
+                generation: target.generation,
+                unreported,
+            }),
+        );
+    }
+    let action = match reason.retry() {
+        Retry::Backoff => retry_at.map_or_else(Action::await_change, |t| requeue_at(t, now)),
+        // A contested Secret gets new credentials at the next refresh.
+        Retry::Never if reason == Reason::SecretContested => ctx
+            .memory
+            .held(&target.uid)
+            .and_then(|h| {
+                let setting = ar.spec.refresh_before().ok()?;
+                Some(plan::refresh_for(&target.uid, h.issued, h.creds.expiration, setting).at)
+            })
+            .map_or_else(Action::await_change, |t| requeue_at(t, now)),
+        _ => Action::await_change(),
+    };
+    (action, reason)
+}
+
+async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &Held) -> Result<()> {
+    let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
+    let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    api.patch(
+        &target.secret_name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|source| Error::ApplySecret {
+        name: target.secret_name.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Deletes the Secrets this AssumedRole controls under other names than its
+/// current one, once that one holds its credentials: what a rename of
+/// `spec.secret.name` left behind would otherwise keep credentials that are
+/// never refreshed. A failure is logged and retried at the next write.
+async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, target: &Target) {
+    let stale = ctx.stale_secrets(&target.namespace, &target.uid, &target.secret_name);
+    if stale.is_empty() {
+        return;
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    for (name, secret_uid) in stale {
+        // Only the object that was seen: never one created since under the
+        // same name.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: secret_uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {
+                info!(secret = %name, current = %target.secret_name, "deleted a Secret left behind by a rename");
+                let note = format!(
+                    "deleted Secret {name}: the credentials now live in Secret {}",
+                    target.secret_name
+                );
+                publish(ctx, ar, EventType::Normal, Reason::SecretRemoved, &note).await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => warn!(secret = %name, error = %crate::api_message(&e), "could not delete a stale Secret"),
+        }
+    }
+}
+
+async fn patch_status(
+    ar: &AssumedRole,
+    ctx: &Context,
+    target: &Target,
+    old: &AssumedRoleStatus,
+    status: AssumedRoleStatus,
+) -> Result<()> {
+    if ar.status.is_some() && *old == status {
+        return Ok(());
+    }
+    let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    let patch = json!({
+        "apiVersion": AssumedRole::api_version(&()),
+        "kind": AssumedRole::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &target.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: Reason, note: &str) {
+    if let Err(e) = ctx.events.publish(ar, type_, reason.as_str(), note).await {
+        warn!(error = %crate::api_message(&e), "could not publish an Event");
+    }
+}
