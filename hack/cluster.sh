@@ -141,7 +141,8 @@ start_one() {
   [[ ! -f $STATE/pids/$name ]] || die "$name is already running under $STATE"
   local cmd
   cmd=$(<"$STATE/cmds/$name")
-  eval "$cmd" >>"$STATE/logs/$name.log" 2>&1 &
+  # exec, so that the PID recorded is the component's own, not a subshell's.
+  eval "exec $cmd" >>"$STATE/logs/$name.log" 2>&1 &
   echo $! >"$STATE/pids/$name"
   log "started $name again (PID $!)"
 }
