@@ -14,7 +14,7 @@ mod support;
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -65,28 +65,21 @@ impl ControlPlane {
             .output()
             .expect("run hack/cluster.sh");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if verb == "start" {
+            // The PID on record is the component's own, so that `down` stops it.
+            let pid = std::fs::read_to_string(self.state.join("pids").join(component)).expect("PID file");
+            let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap_or_default();
+            let binary = if component == "etcd" { "server" } else { component };
+            assert!(
+                exe.file_name().is_some_and(|f| f == binary),
+                "PID {} runs {exe:?}, not {component}",
+                pid.trim()
+            );
+        }
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) {
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.env["KUBECONFIG"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write");
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("kubectl");
+        let out = support::kubectl_with(&[("KUBECONFIG", &self.env["KUBECONFIG"])], args, stdin);
         assert!(
             out.status.success(),
             "kubectl {args:?}: {}",
@@ -269,6 +262,20 @@ async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>
         per_role.len(),
         answering.as_millis(),
         caught_up.as_millis()
+    );
+    // When the operator noticed, and when the first Secret was written.
+    let after_return = |text: &str| {
+        lines
+            .iter()
+            .filter(|l| time_of(l).is_some_and(|t| t > to))
+            .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains(text)))
+            .and_then(time_of)
+            .map(|t| t.duration_since(to).as_millis())
+    };
+    eprintln!(
+        "  after the restart: the operator saw the API server back at +{:?} ms, wrote its first Secret at +{:?} ms",
+        after_return("answers again"),
+        after_return("wrote new credentials")
     );
     let mut by_message: BTreeMap<String, usize> = BTreeMap::new();
     for line in &during {

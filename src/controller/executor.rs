@@ -269,9 +269,9 @@ async fn failed(
             retry_at,
         };
         let new = status::next(&old, target.generation, &target.secret_name, report, now);
-        if status::is_transition(&old, &new) {
-            publish(ctx, ar, EventType::Warning, reason, &failure.message).await;
-        }
+        let transition = status::is_transition(&old, &new);
+        // The status first: when the API server refuses it, it would refuse
+        // the Event too, and one line says so.
         unreported = match patch_status(ar, ctx, target, &old, new).await {
             Ok(()) => false,
             Err(error) => {
@@ -279,6 +279,9 @@ async fn failed(
                 true
             }
         };
+        if transition && !unreported {
+            publish(ctx, ar, EventType::Warning, reason, &failure.message).await;
+        }
     }
     if counts {
         ctx.memory.set_failures(

@@ -53,8 +53,8 @@ pub struct Context {
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
     owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
-    /// When a watch last received anything from the API server (Unix
-    /// seconds; 0 for never).
+    /// When the API server last answered a watch or a call (Unix
+    /// milliseconds; 0 for never).
     api_seen: std::sync::atomic::AtomicI64,
     /// Set when a call to the API server failed, cleared when one works.
     api_down: std::sync::atomic::AtomicBool,
@@ -105,13 +105,13 @@ impl Context {
     /// Notes that a watch heard from the API server just now.
     fn saw_api(&self) {
         self.api_seen
-            .store(Timestamp::now().as_second(), std::sync::atomic::Ordering::Relaxed);
+            .store(Timestamp::now().as_millisecond(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// When a watch last heard from the API server.
     fn api_seen(&self) -> Option<Timestamp> {
-        let seconds = self.api_seen.load(std::sync::atomic::Ordering::Relaxed);
-        (seconds > 0).then(|| Timestamp::from_second(seconds).ok()).flatten()
+        let millis = self.api_seen.load(std::sync::atomic::Ordering::Relaxed);
+        (millis > 0).then(|| Timestamp::from_millisecond(millis).ok()).flatten()
     }
 
     /// Names and UIDs of the Secrets in `namespace` that the AssumedRole
@@ -264,6 +264,7 @@ pub async fn run(
         })
         .collect();
     loops.push(prune_held(ctx.clone(), stores, shutdown.clone()).boxed());
+    loops.push(probe_api(ctx.clone(), shutdown.clone()).boxed());
     // Ready once every cache holds a first full list.
     let synced_flag = ready.clone();
     let synced_shutdown = shutdown.clone();
@@ -384,6 +385,27 @@ pub async fn wait_for_crd(
         tokio::select! {
             () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(CRD_RECHECK) => {}
+        }
+    }
+}
+
+/// How often the API server is asked whether it is back, while it is down.
+const API_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// While a call to the API server has failed, asks it for its version every
+/// [`API_PROBE_INTERVAL`]; the first answer wakes every AssumedRole that
+/// waits on the outage. One request every two seconds, whatever the number
+/// of AssumedRoles, and none while the API server answers.
+async fn probe_api(ctx: Arc<Context>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(API_PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if ctx.api_down.load(std::sync::atomic::Ordering::Relaxed) && ctx.client.apiserver_version().await.is_ok() {
+            ctx.api_answered(true);
         }
     }
 }
@@ -517,17 +539,17 @@ mod tests {
         let sts = FakeSts::failing(StsError::Throttled("Rate exceeded".into()));
         run(ar, sts.clone(), |mut api| async move {
             api.get_secret(Some(&secret)).await;
-            let event = api.create_event().await;
-            assert_eq!(
-                (event["type"].as_str(), event["reason"].as_str()),
-                (Some("Warning"), Some("Throttled"))
-            );
             let status = api.patch_status().await;
             assert_eq!(status["conditions"][0]["type"], "Ready");
             assert_eq!(status["conditions"][0]["status"], "True");
             assert_eq!(status["conditions"][1]["type"], "Refreshed");
             assert_eq!(status["conditions"][1]["status"], "False");
             assert_eq!(status["conditions"][1]["reason"], "Throttled");
+            let event = api.create_event().await;
+            assert_eq!(
+                (event["type"].as_str(), event["reason"].as_str()),
+                (Some("Warning"), Some("Throttled"))
+            );
             assert_eq!(status["consecutiveFailures"], 1);
             assert!(status["lastFailureTime"].is_string());
             api
@@ -555,8 +577,8 @@ mod tests {
             sts.clone(),
             |mut api| async move {
                 api.get_secret(None).await;
-                api.create_event().await;
                 let _ = written_tx.send(api.patch_status().await);
+                api.create_event().await;
                 api
             },
         )
@@ -593,12 +615,12 @@ mod tests {
             let mut api = server;
             api.get_secret(None).await;
             api.apply_secret(StatusCode::INTERNAL_SERVER_ERROR).await;
-            let event = api.create_event().await;
-            assert_eq!(event["reason"], "ApplySecret");
             let status = api.patch_status().await;
             assert_eq!(status["conditions"][0]["reason"], "ApplySecret");
             let message = status["conditions"][0]["message"].as_str().unwrap_or_default();
             assert_eq!(message, "applying Secret reader: etcd is unhappy");
+            let event = api.create_event().await;
+            assert_eq!(event["reason"], "ApplySecret");
             api
         });
         reconcile(Arc::new(ar), ctx.clone()).await.expect("reconcile");

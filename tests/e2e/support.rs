@@ -243,8 +243,15 @@ impl Drop for Operator {
 
 /// Runs kubectl with `args`, feeding `stdin`.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    kubectl_with(&[], args, stdin)
+}
+
+/// Runs kubectl with `args` and extra environment (such as another
+/// `KUBECONFIG`), feeding `stdin`.
+pub fn kubectl_with(env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new("kubectl")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
