@@ -23,6 +23,15 @@ pub enum Reason {
     SecretUpdated,
     /// A Secret left behind by a rename was deleted.
     SecretRemoved,
+    /// `RefreshAdjusted`: the setting would refresh later than the floor
+    /// allows, so the refresh is at the floor.
+    ClampedToFloor,
+    /// `RefreshAdjusted`: the setting is longer than the lifetime STS
+    /// granted, so the default is used.
+    FellBackToDefault,
+    /// Nothing was tried: the reconcile only waited out the backoff of
+    /// earlier failures.
+    BackingOff,
     /// `spec.suspend` is set.
     Suspended,
     /// The spec cannot be acted on.
@@ -76,6 +85,9 @@ impl Reason {
             Self::SecretRestored => "SecretRestored",
             Self::SecretUpdated => "SecretUpdated",
             Self::SecretRemoved => "SecretRemoved",
+            Self::ClampedToFloor => "ClampedToFloor",
+            Self::FellBackToDefault => "FellBackToDefault",
+            Self::BackingOff => "BackingOff",
             Self::Suspended => "Suspended",
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretConflict => "SecretConflict",
@@ -100,8 +112,10 @@ impl Reason {
             | Self::CredentialsRefreshed
             | Self::SecretRestored
             | Self::SecretUpdated
-            | Self::SecretRemoved => Retry::AtRefresh,
-            Self::Suspended | Self::SecretContested => Retry::Never,
+            | Self::SecretRemoved
+            | Self::ClampedToFloor
+            | Self::FellBackToDefault => Retry::AtRefresh,
+            Self::Suspended | Self::SecretContested | Self::BackingOff => Retry::Never,
             Self::InvalidSpec | Self::MissingMetadata => Retry::OnChange,
             Self::SecretConflict
             | Self::AccessDenied
@@ -136,8 +150,11 @@ impl Reason {
             | Self::CredentialsRefreshed
             | Self::SecretRestored
             | Self::SecretUpdated
-            | Self::SecretRemoved => "success",
+            | Self::SecretRemoved
+            | Self::ClampedToFloor
+            | Self::FellBackToDefault => "success",
             Self::Suspended => "suspended",
+            Self::BackingOff => "backoff",
             Self::InvalidSpec | Self::MissingMetadata => "invalid_spec",
             Self::SecretConflict | Self::SecretContested => "secret_conflict",
             Self::AccessDenied | Self::NoCredentials => "sts_denied",
@@ -191,12 +208,15 @@ impl From<crate::sts::StsError> for Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 19] = [
+    const ALL: [Reason; 22] = [
+        Reason::BackingOff,
         Reason::CredentialsReady,
         Reason::CredentialsRefreshed,
         Reason::SecretRestored,
         Reason::SecretUpdated,
         Reason::SecretRemoved,
+        Reason::ClampedToFloor,
+        Reason::FellBackToDefault,
         Reason::Suspended,
         Reason::InvalidSpec,
         Reason::SecretConflict,

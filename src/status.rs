@@ -149,25 +149,23 @@ fn adjusted(
 ) -> Option<Condition> {
     let (reason, text) = match adjustment? {
         Adjustment::ClampedToFloor => (
-            "ClampedToFloor",
+            Reason::ClampedToFloor,
             "the refresh setting would refresh later than 5 minutes before expiry; refreshing 5 minutes before",
         ),
         Adjustment::FellBackToDefault => (
-            "FellBackToDefault",
+            Reason::FellBackToDefault,
             "the refresh setting is longer than the lifetime STS granted; refreshing when a third of it remains",
         ),
     };
-    let mut c = make_condition(
+    Some(make_condition(
         old,
         generation,
         REFRESH_ADJUSTED,
         true,
-        Reason::CredentialsReady,
+        reason,
         text.into(),
         now,
-    );
-    c.reason = reason.into();
-    Some(c)
+    ))
 }
 
 fn make_condition(

@@ -137,6 +137,29 @@ impl Operator {
         Self { child, log }
     }
 
+    /// The sum of a counter over the label sets that contain `label`, read
+    /// from `/metrics` at the address the operator logged.
+    fn counter(&self, name: &str, label: &str) -> u64 {
+        use std::io::{Read, Write};
+        let address = self
+            .lines()
+            .iter()
+            .find_map(|l| l["fields"]["address"].as_str().map(str::to_string))
+            .expect("the admin address in the log");
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect to the admin server");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Every log line, parsed.
     fn lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
@@ -195,6 +218,8 @@ fn attempts(lines: &[Value], from: Timestamp, to: Timestamp) -> BTreeMap<String,
 /// Stops `component` for [`OUTAGE`], starts it again, and checks what the
 /// operator did meanwhile and after.
 async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>, component: &str) {
+    let api_failures = || operator.counter("assumed_role_operator_reconciles_total", r#"result="api_unavailable""#);
+    let counted_before = api_failures();
     let before = poll(
         Duration::from_secs(30),
         Duration::from_millis(200),
@@ -298,6 +323,14 @@ async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>
             tries.iter().map(|t| t.1).collect::<Vec<_>>()
         );
     }
+    // The metrics count the same failed attempts that the log shows.
+    let counted = api_failures() - counted_before;
+    let logged: usize = attempts(&operator.lines(), from, Timestamp::now())
+        .values()
+        .map(Vec::len)
+        .sum();
+    eprintln!("  reconciles_total{{result=\"api_unavailable\"}} grew by {counted}; {logged} failed attempts logged");
+    assert_eq!(counted, logged as u64, "the metrics and the log disagree");
     if component == "kube-apiserver" {
         // Every AssumedRole kept trying, and its failure count grew by one
         // with each try, whatever became of its status: the backoff grew.

@@ -44,7 +44,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
         match plan::decide(&facts) {
             Plan::ReadSecret => {
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-                let answer = api.get_opt(&target.secret_name).await;
+                let answer = bounded(api.get_opt(&target.secret_name)).await;
                 ctx.api_answered(!matches!(&answer, Err(e) if unreachable(e)));
                 match answer {
                     Ok(secret) => view = Some(SecretView::of(ar, secret.as_ref(), &ctx.hmac_key)),
@@ -59,8 +59,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             }
             Plan::Wait { until } => {
                 debug!(name = %target.name, wait = %until.duration_since(now), "waiting out the backoff");
-                let reason = memory.as_ref().map_or(Reason::StsUnavailable, |m| m.reason);
-                return (requeue_at(until, now), reason);
+                return (requeue_at(until, now), Reason::BackingOff);
             }
             Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
             Plan::Keep { held, refresh, rewrite } => {
@@ -206,6 +205,23 @@ async fn write_and_report(
     (requeue_at(refresh.at, now), reason)
 }
 
+/// How long one call to the API server may take within a reconcile. The API
+/// server holds a request while etcd is away; a reconcile must not hold its
+/// slot (of `--concurrency`) that long.
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`, or a timeout error after [`API_CALL_TIMEOUT`].
+pub(super) async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(API_CALL_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer from the API server within {} s", API_CALL_TIMEOUT.as_secs()).into(),
+        )),
+    }
+}
+
 /// Whether `error` says that the API server could not be reached or could
 /// not answer (as opposed to an answer that refuses).
 fn unreachable(error: &kube::Error) -> bool {
@@ -315,11 +331,11 @@ async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &H
     let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
     let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    api.patch(
+    bounded(api.patch(
         &target.secret_name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&desired),
-    )
+    ))
     .await
     .map_err(|source| Error::ApplySecret {
         name: target.secret_name.clone(),
@@ -348,7 +364,7 @@ async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, target: &Target) 
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&name, &params).await {
+        match bounded(api.delete(&name, &params)).await {
             Ok(_) => {
                 info!(secret = %name, current = %target.secret_name, "deleted a Secret left behind by a rename");
                 let note = format!(
@@ -379,11 +395,11 @@ async fn patch_status(
         "kind": AssumedRole::kind(&()),
         "status": status,
     });
-    api.patch_status(
+    bounded(api.patch_status(
         &target.name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
-    )
+    ))
     .await
     .map_err(Error::PatchStatus)?;
     Ok(())

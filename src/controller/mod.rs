@@ -264,7 +264,11 @@ pub async fn run(
         })
         .collect();
     loops.push(prune_held(ctx.clone(), stores, shutdown.clone()).boxed());
-    loops.push(probe_api(ctx.clone(), shutdown.clone()).boxed());
+    let probe_scope = match settings.namespaces.first() {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    loops.push(probe_api(ctx.clone(), probe_scope, shutdown.clone()).boxed());
     // Ready once every cache holds a first full list.
     let synced_flag = ready.clone();
     let synced_shutdown = shutdown.clone();
@@ -392,19 +396,23 @@ pub async fn wait_for_crd(
 /// How often the API server is asked whether it is back, while it is down.
 const API_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// While a call to the API server has failed, asks it for its version every
-/// [`API_PROBE_INTERVAL`]; the first answer wakes every AssumedRole that
-/// waits on the outage. One request every two seconds, whatever the number
-/// of AssumedRoles, and none while the API server answers.
-async fn probe_api(ctx: Arc<Context>, shutdown: tokio_util::sync::CancellationToken) {
+/// While a call to the API server has failed, lists one AssumedRole every
+/// [`API_PROBE_INTERVAL`] (a read that needs etcd too, unlike `/version`);
+/// the first answer wakes every AssumedRole that waits on the outage. One
+/// request every two seconds, whatever the number of AssumedRoles, and none
+/// while the API server answers.
+async fn probe_api(ctx: Arc<Context>, scope: Api<AssumedRole>, shutdown: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(API_PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let one = kube::api::ListParams::default().limit(1);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if ctx.api_down.load(std::sync::atomic::Ordering::Relaxed) && ctx.client.apiserver_version().await.is_ok() {
+        if ctx.api_down.load(std::sync::atomic::Ordering::Relaxed)
+            && executor::bounded(scope.list_metadata(&one)).await.is_ok()
+        {
             ctx.api_answered(true);
         }
     }
