@@ -26,6 +26,8 @@ use crate::{
     sts::AssumedSession,
 };
 
+/// Decides, carries the plan out, and reports; returns the requeue and the
+/// reason the reconcile ended with.
 pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Action, Reason) {
     let held = ctx.memory.held(&target.uid);
     let memory = ctx.memory.failures(&target.uid);

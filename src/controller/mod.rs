@@ -227,6 +227,13 @@ pub async fn run(
                 watcher::Config::default().labels(secret::SELECTOR).any_semantic(),
             )
             .default_backoff()
+            // The cache needs names, UIDs and owners only: what else the
+            // metadata holds would grow memory with every Secret.
+            .modify(|s| {
+                s.metadata.managed_fields = None;
+                s.metadata.annotations = None;
+                s.metadata.labels = None;
+            })
             .reflect(secret_writer)
             .touched_objects()
             .predicate_filter(predicates::resource_version, Default::default());
