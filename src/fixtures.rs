@@ -217,6 +217,15 @@ impl ApiServer {
         body["status"].clone()
     }
 
+    /// Expects a server-side apply of the status and refuses it with a 503.
+    pub async fn refuse_status(&mut self) {
+        let path = format!("/apis/sts.refresh.dev/v1alpha1/namespaces/billing/assumedroles/reader/status{APPLY_QUERY}");
+        let (_, send) = self.expect(Method::PATCH, &path).await;
+        let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "ServiceUnavailable", "code": 503, "message": "the server is shutting down"});
+        Self::answer(send, StatusCode::SERVICE_UNAVAILABLE, &failure);
+    }
+
     /// Checks that the controller makes no further request.
     pub async fn expect_no_more(mut self) {
         let next = tokio::time::timeout(std::time::Duration::from_millis(200), self.0.next_request()).await;

@@ -205,6 +205,8 @@ pub enum Plan {
         request: AssumeRoleRequest,
         /// Its spec hash.
         spec_hash: String,
+        /// The spec's refresh setting, for the new credentials.
+        setting: RefreshBefore,
         /// What the Secret still gives pods should STS fail.
         serving: Option<Serving>,
     },
@@ -347,6 +349,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     Plan::Mint {
         request,
         spec_hash: hash,
+        setting,
         serving,
     }
 }

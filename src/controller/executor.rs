@@ -108,6 +108,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             Plan::Mint {
                 request,
                 spec_hash,
+                setting,
                 serving,
             } => {
                 debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
@@ -123,7 +124,6 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     Err(e) => return failed(ar, ctx, target, Failure::from(e), serving, now).await,
                 };
                 let issued = schedule::whole_second(now);
-                let setting = ar.spec.refresh_before().unwrap_or(crate::api::RefreshBefore::Default);
                 let refresh = plan::refresh_for(&target.uid, issued, credentials.expiration, setting);
                 let held = Held {
                     creds: credentials,
@@ -148,8 +148,8 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
     (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
 }
 
-/// Writes the Secret when `written` names why, then holds the credentials,
-/// removes Secrets left behind by a rename, and reports success.
+/// Writes the Secret when `written` names why (then removes Secrets left
+/// behind by a rename), holds the credentials, and reports success.
 #[allow(clippy::too_many_arguments)]
 async fn write_and_report(
     ar: &AssumedRole,
@@ -178,7 +178,12 @@ async fn write_and_report(
     held.written = true;
     ctx.memory.hold(&target.uid, held.clone());
     ctx.memory.set_failures(&target.uid, None);
-    remove_stale_secrets(ar, ctx, target).await;
+    // A rename always ends in a write under the new name: only then can a
+    // Secret be left behind, so a reconcile that writes nothing skips the
+    // scan of the cache.
+    if written.is_some() {
+        remove_stale_secrets(ar, ctx, target).await;
+    }
     let old = ar.status.clone().unwrap_or_default();
     let report = Report::Serving {
         held: &held,
@@ -277,8 +282,10 @@ async fn failed(
     let unreported_before = remembered
         .as_ref()
         .is_some_and(|m| m.unreported && m.reason == reason && m.generation == target.generation);
-    let mut unreported = unreported_before;
-    if !unreported_before {
+    // A status that could not be written is not reported by writing the
+    // status again.
+    let mut unreported = unreported_before || reason == Reason::PatchStatus;
+    if !unreported {
         let report = Report::Failed {
             failure: &failure,
             serving,

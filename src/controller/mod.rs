@@ -575,6 +575,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_status_that_cannot_be_written_is_tried_once_and_remembered_as_a_failure() {
+        let ar = AssumedRole::test();
+        let secret = fixtures::owned_secret(&ar, SignedDuration::from_mins(1), SignedDuration::from_hours(1));
+        let sts = FakeSts::granting();
+        let (ctx, server) = fixtures::context(sts.clone());
+        let scenario = tokio::spawn(async move {
+            let mut api = server;
+            api.get_secret(Some(&secret)).await;
+            // One try; no second status patch, no Event.
+            api.refuse_status().await;
+            api
+        });
+        // A second status patch would wait for an answer that never comes.
+        let action = tokio::time::timeout(StdDuration::from_secs(2), reconcile(Arc::new(ar), ctx.clone()))
+            .await
+            .expect("the reconcile made a request the scenario does not answer")
+            .expect("reconcile");
+        let server = tokio::time::timeout(StdDuration::from_secs(1), scenario)
+            .await
+            .expect("the scenario did not finish")
+            .expect("the scenario panicked");
+        server.expect_no_more().await;
+        assert_eq!(sts.calls(), 0);
+        let remembered = ctx.memory.failures("uid-1").expect("the failure is remembered");
+        assert_eq!((remembered.reason, remembered.failures), (Reason::PatchStatus, 1));
+        assert!(remembered.unreported);
+        // Retried after the first backoff step, at most 5 s away.
+        assert!(action_seconds(&format!("{action:?}")) <= 5.0, "{action:?}");
+    }
+
+    #[tokio::test]
     async fn a_failure_requeues_exactly_when_its_persisted_backoff_ends() {
         let sts = FakeSts::failing(StsError::Unavailable("connection reset".into()));
         let (written_tx, written_rx) = std::sync::mpsc::channel();

@@ -42,7 +42,6 @@ async fn sigterm_stops_the_operator_promptly_while_starting_idle_and_reconciling
     let (status, took) = busy.terminate(STOP_LIMIT).await.expect("stopped while reconciling");
     assert!(status.success(), "exit status {status} while reconciling");
     eprintln!("SIGTERM while reconciling: stopped in {} ms", took.as_millis());
-    assert!(!busy.running());
 }
 
 #[tokio::test]

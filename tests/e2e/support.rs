@@ -223,11 +223,6 @@ impl Operator {
         }
     }
 
-    /// Whether the process is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// Stops it (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
