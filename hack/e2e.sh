@@ -20,6 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+hack/sdks.sh build
+eval "$(hack/sdks.sh env)"
 hack/cluster.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod api;
 pub mod controller;
 pub mod credentials;
+pub mod endpoint;
 pub mod events;
 #[cfg(test)]
 pub mod fixtures;

@@ -1,5 +1,6 @@
 //! The `assumed-role-operator` command: `run` starts the controller, `crd`
-//! prints the CustomResourceDefinition.
+//! prints the CustomResourceDefinition, `credentials-endpoint` serves a
+//! mounted Secret to the SDKs of a pod.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use assumed_role_operator::{
     admin,
     api::AssumedRole,
     controller::{self, Context, Settings},
-    hmac_key, leader,
+    endpoint, hmac_key, leader,
     sts::AwsSts,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,6 +30,27 @@ enum Command {
     Run(RunArgs),
     /// Print the AssumedRole CustomResourceDefinition as YAML.
     Crd,
+    /// Serve the credentials of a mounted Secret to the SDKs of the pod, on
+    /// a loopback address: run it as a native sidecar and point
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` at it.
+    CredentialsEndpoint(EndpointArgs),
+}
+
+#[derive(Parser)]
+struct EndpointArgs {
+    /// Where the AssumedRole's Secret is mounted (its `spec.secret.mountPath`).
+    #[arg(long, env = "CREDENTIALS_DIR", default_value = "/var/run/secrets/aws")]
+    credentials_dir: std::path::PathBuf,
+    /// Address to listen on; loopback only. The SDKs ask
+    /// `http://<address>/v1/credentials`.
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "127.0.0.1:9911")]
+    listen: std::net::SocketAddr,
+    /// Log filter, in tracing's env-filter syntax.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Parser)]
@@ -81,6 +103,19 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::CredentialsEndpoint(args) => {
+            init_logging(&args.log_level, args.log_format)?;
+            // One thread: a sidecar in every pod should cost little.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(async {
+                    let shutdown = CancellationToken::new();
+                    tokio::spawn(signal_shutdown(shutdown.clone()));
+                    endpoint::serve(args.listen, args.credentials_dir, shutdown).await
+                })
+        }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -90,7 +125,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(&args)?;
+    init_logging(&args.log_level, args.log_format)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         namespace = %args.namespace,
@@ -185,12 +220,12 @@ async fn signal_shutdown(token: CancellationToken) {
     token.cancel();
 }
 
-fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
-    let mut filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).context("parsing --log-level")?;
+fn init_logging(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(log_level).context("parsing --log-level")?;
     // The client logs every failed request at error level with no word of
     // the object; the operator logs each failed attempt once, with it. Ask
     // for `kube_client=...` in the filter to see the client's own lines.
-    if !args.log_level.contains("kube_client") {
+    if !log_level.contains("kube_client") {
         filter = filter.add_directive(
             "kube_client::client::builder=off"
                 .parse()
@@ -201,7 +236,7 @@ fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match args.log_format {
+    match log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

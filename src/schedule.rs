@@ -14,6 +14,41 @@ use crate::api::RefreshBefore;
 /// SDKs' last-moment refresh of process credentials.
 pub const FLOOR: SignedDuration = SignedDuration::from_mins(5);
 
+/// How long the kubelet may take to bring a changed Secret into a running
+/// pod: its sync period (60 s) plus its Secret cache's lifetime.
+pub const KUBELET_PROPAGATION: SignedDuration = SignedDuration::from_secs(90);
+
+/// How much earlier than the real expiry the expiration handed to SDKs is
+/// (in `credential_process.json` and in the credentials endpoint's answer).
+///
+/// SDKs that refresh at the last moment (Go at the advertised expiry, Rust
+/// seconds before it, Java 15 s before) then re-read while the credentials
+/// they hold are still good for this long: enough for a request signed at
+/// that moment to travel and be judged by STS with some clock skew. The rule
+/// that keeps the re-read useful, checked by a unit test: a refresh happens
+/// at the latest [`FLOOR`] before expiry and reaches the pod within
+/// [`KUBELET_PROPAGATION`], so `FLOOR >= ADVERTISED_MARGIN +
+/// KUBELET_PROPAGATION` means the SDK re-reads only once the new set is on
+/// disk. 2 minutes leaves 90 s of that floor for the operator's own
+/// reconcile and for clock skew.
+pub const ADVERTISED_MARGIN: SignedDuration = SignedDuration::from_mins(2);
+
+/// The expiration to hand an SDK, at `now`, for credentials that really
+/// expire at `expires`: [`ADVERTISED_MARGIN`] earlier. Once `now` is inside
+/// that margin (the operator could not refresh in time), half-way between
+/// now and the real expiry, so that an SDK never gets an expiration that has
+/// already passed while the credentials still work, and keeps asking. Whole
+/// seconds, rounded down: the format SDKs parse.
+pub fn advertised_expiration(expires: Timestamp, now: Timestamp) -> Timestamp {
+    let early = expires - ADVERTISED_MARGIN;
+    let at = if early > now {
+        early
+    } else {
+        now + expires.duration_since(now) / 2
+    };
+    whole_second(at)
+}
+
 /// Jitter moves a refresh earlier by at most this share of the lifetime.
 const MAX_JITTER_PERCENT: i64 = 10;
 
@@ -291,6 +326,42 @@ mod tests {
         assert_eq!(jitter_seed("a", at(0)), jitter_seed("a", at(0)));
         assert_ne!(jitter_seed("a", at(0)), jitter_seed("b", at(0)));
         assert_ne!(jitter_seed("a", at(0)), jitter_seed("a", at(1)));
+    }
+
+    #[test]
+    fn the_advertised_margin_fits_inside_the_floor_with_the_kubelets_delay() {
+        assert!(ADVERTISED_MARGIN + KUBELET_PROPAGATION <= FLOOR);
+        // More than the last-moment windows of the SDKs (Java 15 s) plus a
+        // minute for the request's travel and clock skew.
+        assert!(ADVERTISED_MARGIN >= SignedDuration::from_secs(75));
+    }
+
+    #[test]
+    fn the_advertised_expiration_is_earlier_than_the_real_one_and_never_past() {
+        // Well before expiry: the margin, whatever the time.
+        assert_eq!(advertised_expiration(at(3600), at(0)), at(3480));
+        assert_eq!(advertised_expiration(at(3600), at(3479)), at(3480));
+        // Inside the margin: half-way to the real expiry, still ahead.
+        assert_eq!(advertised_expiration(at(3600), at(3480)), at(3540));
+        assert_eq!(advertised_expiration(at(3600), at(3598)), at(3599));
+        // Whole seconds.
+        let now = at(3590) + SignedDuration::from_millis(500);
+        assert_eq!(advertised_expiration(at(3600), now), at(3595));
+    }
+
+    proptest! {
+        #[test]
+        fn the_advertised_expiration_lies_between_now_and_the_real_one(
+            now in 0i64..100_000, ahead in 1i64..50_000,
+        ) {
+            let (now, expires) = (at(now), at(now + ahead));
+            let advertised = advertised_expiration(expires, now);
+            prop_assert!(advertised < expires);
+            prop_assert!(advertised >= now);
+            if expires - ADVERTISED_MARGIN > now {
+                prop_assert_eq!(advertised, expires - ADVERTISED_MARGIN);
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::AssumedRole,
     credentials::{AssumeRoleRequest, Credentials},
+    schedule,
 };
 
 /// Label on every Secret the operator writes, so it can watch only those.
@@ -66,6 +67,27 @@ pub const CONFIG: &str = "config";
 pub const CREDENTIALS: &str = "credentials";
 /// Key: the expiration, RFC 3339.
 pub const EXPIRATION: &str = "expiration";
+/// Key: the token that the credentials endpoint asks of every request, for
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`. No trailing newline: the SDKs
+/// send the file as it is, and a newline makes the header illegal.
+pub const ENDPOINT_TOKEN: &str = "endpoint-token";
+
+/// Version of what [`render_data`] writes, part of the layout hash, so that
+/// an operator that writes the data differently rewrites the Secrets of an
+/// older one (without calling STS) rather than leave them as they are.
+const DATA_FORMAT: u32 = 2;
+
+/// The credentials endpoint's token for one AssumedRole: a keyed hash of its
+/// UID, so that it stays the same across refreshes, restarts and replicas
+/// (a pod reads it and the endpoint checks it at different moments, around
+/// a swap of the files), and no one without the operator's key can tell it.
+pub fn endpoint_token(key: &[u8], uid: &str) -> String {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"credentials-endpoint-token\0");
+    mac.update(uid.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
 
 /// Hash of the request fields that shape the credentials. A change of any of
 /// them needs new credentials; a change of anything else does not.
@@ -88,6 +110,7 @@ pub fn spec_hash(request: &AssumeRoleRequest) -> String {
 /// change of any of them rewrites the Secret without calling STS.
 pub fn layout_hash(ar: &AssumedRole) -> String {
     let canonical = json!({
+        "format": DATA_FORMAT,
         "labels": ar.spec.secret.labels,
         "annotations": ar.spec.secret.annotations,
         "mountPath": ar.spec.mount_path(),
@@ -122,8 +145,15 @@ pub fn data_hmac(key: &[u8], annotations: &BTreeMap<String, String>, data: &BTre
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Renders the file contents for each key.
-pub fn render_data(ar: &AssumedRole, creds: &Credentials) -> BTreeMap<String, ByteString> {
+/// Renders the file contents for each key. `credential_process.json`
+/// advertises an expiration [`schedule::ADVERTISED_MARGIN`] earlier than the
+/// real one, which the `expiration` key and the annotation keep.
+pub fn render_data(
+    ar: &AssumedRole,
+    creds: &Credentials,
+    issued: Timestamp,
+    token: &str,
+) -> BTreeMap<String, ByteString> {
     let expiration = creds.expiration.to_string();
     let profile = ar.spec.profile();
     let process = json!({
@@ -131,7 +161,7 @@ pub fn render_data(ar: &AssumedRole, creds: &Credentials) -> BTreeMap<String, By
         "AccessKeyId": creds.access_key_id,
         "SecretAccessKey": creds.secret_access_key,
         "SessionToken": creds.session_token,
-        "Expiration": expiration,
+        "Expiration": schedule::advertised_expiration(creds.expiration, issued).to_string(),
     });
     let section = if profile == "default" {
         "default".to_string()
@@ -154,6 +184,7 @@ pub fn render_data(ar: &AssumedRole, creds: &Credentials) -> BTreeMap<String, By
         (CONFIG, config),
         (CREDENTIALS, credentials),
         (EXPIRATION, expiration),
+        (ENDPOINT_TOKEN, token.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
@@ -170,7 +201,8 @@ pub fn render_secret(
     spec_hash: &str,
     hmac_key: &[u8],
 ) -> Secret {
-    let data = render_data(ar, creds);
+    let token = endpoint_token(hmac_key, ar.meta().uid.as_deref().unwrap_or_default());
+    let data = render_data(ar, creds, issued, &token);
     let mut labels = ar.spec.secret.labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = ar.spec.secret.annotations.clone();
@@ -288,6 +320,10 @@ mod tests {
         }
     }
 
+    fn issued() -> Timestamp {
+        "2030-01-01T00:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
     fn text(data: &BTreeMap<String, ByteString>, key: &str) -> String {
         String::from_utf8(data[key].0.clone()).unwrap_or_default()
     }
@@ -307,7 +343,7 @@ mod tests {
     #[test]
     fn config_runs_the_credential_process_and_holds_no_keys() {
         let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
-        let data = render_data(&ar, &creds());
+        let data = render_data(&ar, &creds(), issued(), "t");
         let config = text(&data, CONFIG);
         assert_eq!(
             config,
@@ -315,7 +351,7 @@ mod tests {
         );
         let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r",
             "secret": {"mountPath": "/aws/", "profile": "billing"}}));
-        let config = text(&render_data(&ar, &creds()), CONFIG);
+        let config = text(&render_data(&ar, &creds(), issued(), "t"), CONFIG);
         assert_eq!(
             config,
             "[profile billing]\ncredential_process = cat /aws/credential_process.json\n"
@@ -324,16 +360,18 @@ mod tests {
     }
 
     #[test]
-    fn credential_process_output_follows_the_sdk_format() {
+    fn credential_process_output_follows_the_sdk_format_and_advertises_an_earlier_expiry() {
         let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
-        let data = render_data(&ar, &creds());
+        let data = render_data(&ar, &creds(), issued(), "t");
         let parsed: serde_json::Value = serde_json::from_str(&text(&data, CREDENTIAL_PROCESS)).unwrap_or_default();
         assert_eq!(
             parsed,
             json!({"Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "secret/key",
-                   "SessionToken": "token", "Expiration": "2030-01-01T01:00:00Z"})
+                   "SessionToken": "token", "Expiration": "2030-01-01T00:58:00Z"})
         );
+        // The real expiry stays where the operator and tools read it.
         assert_eq!(text(&data, EXPIRATION), "2030-01-01T01:00:00Z");
+        assert_eq!(text(&data, ENDPOINT_TOKEN), "t");
         assert_eq!(text(&data, ACCESS_KEY_ID), "ASIAEXAMPLE");
         assert!(text(&data, CREDENTIALS).starts_with("[default]\naws_access_key_id = ASIAEXAMPLE\n"));
     }
@@ -417,6 +455,26 @@ mod tests {
         other.metadata.uid = Some("uid-2".into());
         assert_eq!(observe(&other, Some(&rendered(&ar)), b"k"), Observed::Foreign);
         assert_eq!(observe(&ar, None, b"k"), Observed::Missing);
+    }
+
+    #[test]
+    fn the_endpoint_token_is_stable_per_assumed_role_and_secret_to_others() {
+        let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+        let token = text(rendered(&ar).data.as_ref().unwrap_or(&BTreeMap::new()), ENDPOINT_TOKEN);
+        assert_eq!(token, endpoint_token(b"k", "uid-1"));
+        assert_eq!(token.len(), 64);
+        assert!(!token.ends_with('\n'));
+        // The same across refreshes, another for another object or key.
+        let mut later = creds();
+        later.access_key_id = "ASIALATER".into();
+        let owner = ar.controller_owner_ref(&()).unwrap_or_default();
+        let next = render_secret(&ar, owner, &later, issued(), "h", b"k");
+        assert_eq!(
+            text(next.data.as_ref().unwrap_or(&BTreeMap::new()), ENDPOINT_TOKEN),
+            token
+        );
+        assert_ne!(endpoint_token(b"k", "uid-2"), token);
+        assert_ne!(endpoint_token(b"other", "uid-1"), token);
     }
 
     #[test]

@@ -1,33 +1,36 @@
-//! A real SDK in a "pod": the Secret laid out on disk the way the kubelet
-//! does it, and one long-running boto3 process that keeps working across
-//! rotations without a restart.
+//! Real SDKs in a "pod": the Secret laid out on disk the way the kubelet
+//! does it, the credentials endpoint running beside them as a sidecar would,
+//! and six long-lived AWS clients (boto3, the AWS CLI v1, Go v2, Java v2,
+//! JavaScript v3, Rust), each started once, through both routes, against a
+//! strict STS stand-in that refuses credentials close to their expiry.
 
 use std::{
+    collections::BTreeMap,
+    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use serde_json::Value;
 
 use crate::support::*;
 
 /// Writes a Secret's data under `dir` as the kubelet's atomic writer does:
 /// the files live in a timestamped folder, `..data` links to it, each key is
 /// a link into `..data`, and an update swaps `..data` with one rename.
-fn project(dir: &Path, secret: &Secret, generation: usize) {
+fn project(dir: &Path, data: &BTreeMap<String, String>, generation: usize) {
     let folder = format!("..2026_{generation:06}");
     let target = dir.join(&folder);
     std::fs::create_dir(&target).expect("create the data folder");
-    for (key, value) in secret.data.clone().unwrap_or_default() {
-        std::fs::write(target.join(&key), value.0).expect("write a key");
-        let link = dir.join(&key);
+    for (key, value) in data {
+        std::fs::write(target.join(key), value).expect("write a key");
+        let link = dir.join(key);
         if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(&key), &link).expect("link a key");
+            std::os::unix::fs::symlink(Path::new("..data").join(key), &link).expect("link a key");
         }
     }
     let tmp = dir.join("..data_tmp");
@@ -40,30 +43,231 @@ fn project(dir: &Path, secret: &Secret, generation: usize) {
     }
 }
 
-fn fingerprint(secret: &Secret) -> String {
-    let key = &data(secret)["AWS_ACCESS_KEY_ID"];
-    hex::encode(Sha256::digest(key.as_bytes()))[..16].to_string()
+/// A process the test started, killed by PID when dropped.
+struct Started {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Started {
+    fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Self {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        cmd.stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits until it exits, at most until `deadline`; kills it then.
+    async fn wait(&mut self, deadline: Instant) -> Option<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The credentials endpoint as a sidecar runs it, over the folder `mount`.
+async fn start_endpoint(mount: &Path, logs: &Path) -> (Started, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"));
+    cmd.args(["credentials-endpoint", "--listen", &address, "--credentials-dir"])
+        .arg(mount)
+        .env_clear();
+    let endpoint = Started::spawn(cmd, logs, "endpoint");
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "the endpoint's readiness",
+        || async { matches!(http_get(&address, "/readyz", &[]).await, Ok((200, _))).then_some(()) },
+    )
+    .await;
+    (endpoint, address)
+}
+
+/// Keeps the folder `mount` in step with the Secret `name`, each change
+/// `delay` after it was written, as the kubelet does. Returns the task.
+fn mirror(secrets: &kube::Api<Secret>, name: &str, mount: &Path, delay: Duration) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, BTreeMap<String, String>)>();
+    let watch = watcher(
+        secrets.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .try_for_each(move |secret| {
+        let _ = tx.send((tokio::time::Instant::now() + delay, data(&secret)));
+        futures::future::ready(Ok(()))
+    });
+    let dir = mount.to_path_buf();
+    tokio::spawn(async move {
+        let apply = tokio::spawn(async move {
+            let mut generation = 0;
+            while let Some((at, data)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                generation += 1;
+                project(&dir, &data, generation);
+            }
+        });
+        let _ = watch.await;
+        apply.abort();
+    })
+}
+
+/// The strict STS stand-in in front of moto.
+struct StandIn {
+    _process: Started,
+    url: String,
+}
+
+impl StandIn {
+    fn start(lifetime: u32, strict: u32, logs: &Path) -> Self {
+        let python = std::env::var("ARO_PYTHON").expect("ARO_PYTHON from hack/cluster.sh");
+        let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL from hack/cluster.sh");
+        let mut cmd = Command::new(python);
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sts_standin.py"))
+            .args([moto, lifetime.to_string(), strict.to_string()]);
+        let process = Started::spawn(cmd, logs, "standin");
+        let started = Instant::now();
+        let port = loop {
+            if let Some(line) = process.stdout().lines().next() {
+                break line.trim().to_string();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the stand-in did not start: {}",
+                process.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            _process: process,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn report(&self) -> Value {
+        let address = self.url.trim_start_matches("http://");
+        let (code, body) = http_get(address, "/_standin/report", &[])
+            .await
+            .expect("the stand-in's report");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("a JSON report")
+    }
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test` (hack/sdks.sh env)"))
+}
+
+/// The command that runs one SDK's consumer for `seconds`, calling every
+/// `interval` seconds. Programs by absolute path: the shell-less route
+/// gives them an empty `PATH`.
+fn consumer(sdk: &str, seconds: u32, interval: f32) -> Command {
+    let (s, i) = (seconds.to_string(), interval.to_string());
+    let mut cmd;
+    match sdk {
+        "boto3" => {
+            cmd = Command::new(var("ARO_SDK_PYTHON"));
+            cmd.args([var("ARO_SDK_BOTO3_SCRIPT"), s, i]);
+        }
+        "cli" => {
+            cmd = Command::new(var("ARO_SDK_PYTHON"));
+            cmd.args([var("ARO_SDK_CLI_SCRIPT"), var("ARO_SDK_AWS_CLI"), s, i]);
+        }
+        "go" => {
+            cmd = Command::new(var("ARO_SDK_GO"));
+            cmd.args([s, i]);
+        }
+        "java" => {
+            cmd = Command::new(var("ARO_SDK_JAVA"));
+            cmd.args(["-Xmx96m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp"])
+                .arg(var("ARO_SDK_JAVA_CLASSPATH"))
+                .args(["dev.refresh.sts.Consumer", &s, &i]);
+        }
+        "js" => {
+            cmd = Command::new(var("ARO_SDK_NODE"));
+            cmd.args([var("ARO_SDK_JS"), s, i]);
+        }
+        "rust" => {
+            cmd = Command::new(var("ARO_SDK_RUST"));
+            cmd.args([s, i]);
+        }
+        other => panic!("no consumer for {other}"),
+    }
+    cmd
+}
+
+const SDKS: [&str; 6] = ["boto3", "cli", "go", "java", "js", "rust"];
+
+/// A route from the mounted Secret to an SDK.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// `AWS_CONFIG_FILE` and `credential_process = cat ...`, with a shell.
+    Config,
+    /// The credentials endpoint, with no shell and no coreutils on `PATH`.
+    Endpoint,
 }
 
 #[tokio::test]
-#[ignore = "needs the local control plane; run with `make test`"]
-async fn boto3_started_once_keeps_working_across_three_rotations() {
-    const ROTATIONS: usize = 3;
+#[ignore = "needs the local control plane and the SDK consumers; run with `make test`"]
+async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes() {
+    // The stand-in grants 320 s: the operator refreshes 300 s (its floor)
+    // before expiry, less jitter, so every 10 to 20 s; SDKs are handed an
+    // expiration 120 s early, so those that keep a set until then move on
+    // after about 200 s. A call signed with a key within 60 s of its expiry
+    // is refused.
+    const LIFETIME: u32 = 320;
+    const STRICT: u32 = 60;
+    const RUN: u32 = 235;
+    const KUBELET_DELAY: Duration = Duration::from_secs(5);
+    let logs = tempfile::tempdir().expect("logs dir");
+    let standin = StandIn::start(LIFETIME, STRICT, logs.path());
     let Scene {
         ns,
         secrets,
         operator: _operator,
         ..
-    } = Scene::start("sdk", &[], &[]).await;
+    } = Scene::start("sdks", &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]).await;
     let mount = tempfile::tempdir().expect("mount dir");
-    let mount_path: PathBuf = mount.path().to_path_buf();
     apply(&assumed_role(
         &ns.name,
         "reader",
-        &format!(
-            "  durationSeconds: 900\n  refreshBefore: 890s\n  secret:\n    mountPath: {}\n",
-            mount_path.display()
-        ),
+        &format!("  secret:\n    mountPath: {}\n", mount.path().display()),
     ));
     let first = wait_for(
         &secrets,
@@ -73,89 +277,270 @@ async fn boto3_started_once_keeps_working_across_three_rotations() {
         |s: Option<&Secret>| s.is_some(),
     )
     .await;
-    project(&mount_path, &first, 0);
+    project(mount.path(), &data(&first), 0);
+    let mirror = mirror(&secrets, "reader", mount.path(), KUBELET_DELAY);
+    let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
 
-    // Keep the "volume" in step with the Secret, as the kubelet would.
-    let (written_tx, mut written_rx) = mpsc::unbounded_channel();
-    let _ = written_tx.send(fingerprint(&first));
-    let dir = mount_path.clone();
-    let watch = watcher(
-        secrets.clone(),
-        watcher::Config::default().fields("metadata.name=reader"),
-    )
-    .applied_objects()
-    .try_for_each({
-        let mut generation = 0;
-        move |secret| {
-            generation += 1;
-            project(&dir, &secret, generation);
-            let _ = written_tx.send(fingerprint(&secret));
-            futures::future::ready(Ok(()))
+    let home = tempfile::tempdir().expect("an empty HOME");
+    let bare = tempfile::tempdir().expect("an empty PATH");
+    let mut running = Vec::new();
+    for sdk in SDKS {
+        for route in [Route::Config, Route::Endpoint] {
+            let interval = if sdk == "cli" { 2.0 } else { 1.5 };
+            let mut cmd = consumer(sdk, RUN, interval);
+            let app = format!("{sdk}-{route:?}").to_lowercase();
+            cmd.env_clear()
+                .env("HOME", home.path())
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ENDPOINT_URL_STS", &standin.url)
+                .env("AWS_SDK_UA_APP_ID", &app)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("no-credentials"));
+            match route {
+                Route::Config => {
+                    cmd.env("PATH", std::env::var("PATH").unwrap_or_default())
+                        .env("AWS_CONFIG_FILE", mount.path().join("config"));
+                }
+                Route::Endpoint => {
+                    cmd.env("PATH", bare.path())
+                        .env("AWS_CONFIG_FILE", home.path().join("no-config"))
+                        .env(
+                            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                            format!("http://{address}/v1/credentials"),
+                        )
+                        .env(
+                            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                            mount.path().join("endpoint-token"),
+                        );
+                }
+            }
+            running.push((app.clone(), Started::spawn(cmd, logs.path(), &app)));
         }
-    });
-    let mirror = tokio::spawn(watch);
-
-    let python = std::env::var("ARO_PYTHON").expect("ARO_PYTHON from hack/cluster.sh");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/sdk_caller.py");
-    let child = Command::new(python)
-        .args([script, &(ROTATIONS + 1).to_string(), "120", "0.5"])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("AWS_CONFIG_FILE", mount_path.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", mount_path.join("no-such-file"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
-    let pid = child.id();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("python");
+    }
+    let deadline = Instant::now() + Duration::from_secs(u64::from(RUN) + 90);
+    let mut table = Vec::new();
+    let mut failed = Vec::new();
+    for (app, process) in &mut running {
+        let status = process.wait(deadline).await;
+        let calls: Vec<Value> = process
+            .stdout()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::json!({"ok": false, "error": l})))
+            .collect();
+        let bad: Vec<&Value> = calls.iter().filter(|c| c["ok"] != true).collect();
+        if status.is_none_or(|s| !s.success()) || !bad.is_empty() || calls.is_empty() {
+            failed.push(format!(
+                "{app}: exit {status:?}, {} of {} calls failed, first: {:?}; stderr: {}",
+                bad.len(),
+                calls.len(),
+                bad.first(),
+                process.stderr().chars().take(800).collect::<String>()
+            ));
+        }
+        for call in calls.iter().filter(|c| c["ok"] == true) {
+            let arn = call["arn"].as_str().unwrap_or_default();
+            assert!(
+                arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
+                "{app}: {arn}"
+            );
+        }
+        table.push((app.clone(), calls.len(), bad.len()));
+    }
     mirror.abort();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-
-    let calls: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+    let report = standin.report().await;
+    let issued: Vec<&str> = report["issued"]
+        .as_array()
+        .expect("issued")
+        .iter()
+        .filter_map(Value::as_str)
         .collect();
-    let failures: Vec<_> = calls.iter().filter(|c| c["ok"] != true).collect();
-    assert!(failures.is_empty(), "calls failed: {failures:?}");
-    let mut used: Vec<String> = Vec::new();
-    for call in &calls {
-        let key = call["key"].as_str().expect("key").to_string();
-        if used.last() != Some(&key) {
-            used.push(key);
-        }
-    }
-    let mut written = Vec::new();
-    while let Ok(fp) = written_rx.try_recv() {
-        if written.last() != Some(&fp) {
-            written.push(fp);
-        }
-    }
     eprintln!(
-        "sdk: one python process (PID {pid}), {} calls, {} keys used",
-        calls.len(),
-        used.len()
+        "sdk matrix: {} STS AssumeRole calls, {} keys issued",
+        report["assume_role"],
+        issued.len()
+    );
+    eprintln!(
+        "{:<16} {:>6} {:>8} {:>10} {:>6}",
+        "sdk-route", "calls", "failed", "stand-in", "keys"
+    );
+    let mut stuck = Vec::new();
+    for (app, calls, bad) in &table {
+        let seen: Vec<&str> = report["seen"][app.as_str()]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let counted: u64 = report["calls"][app.as_str()]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        eprintln!("{app:<16} {calls:>6} {bad:>8} {counted:>10} {:>6}", seen.len());
+        // Keys are used in the order they were issued, and at least one newer
+        // than the first.
+        let positions: Vec<usize> = seen
+            .iter()
+            .map(|k| issued.iter().position(|i| i == k).expect("a key the stand-in issued"))
+            .collect();
+        if seen.len() < 2 || positions.windows(2).any(|w| w[0] >= w[1]) {
+            stuck.push(format!("{app} used keys {positions:?} of {}", issued.len()));
+        }
+    }
+    let rejected = report["rejected"].as_array().expect("rejected");
+    assert!(rejected.is_empty(), "the stand-in refused calls: {rejected:?}");
+    assert!(failed.is_empty(), "consumers failed:\n{}", failed.join("\n"));
+    assert!(stuck.is_empty(), "SDKs did not move to newer keys: {stuck:?}");
+    assert!(
+        issued.len() >= 4,
+        "want at least three rotations, saw {} keys",
+        issued.len()
     );
     assert!(
-        used.len() > ROTATIONS,
-        "the SDK used {} keys; want {} rotations",
-        used.len(),
-        ROTATIONS
+        report["calls"].get("unknown").is_none(),
+        "calls without an app id: {report}"
     );
-    // The SDK moved to each new key in the order the operator wrote them.
-    assert_eq!(used, written[..used.len()].to_vec(), "keys used vs keys written");
-    let arn = calls[0]["arn"].as_str().unwrap_or_default();
-    assert!(
-        arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
-        "{arn}"
-    );
+}
+
+/// An AssumedRole's Secret, mirrored into a folder as the kubelet would, and
+/// the endpoint serving it.
+async fn served(prefix: &str) -> (Scene, tempfile::TempDir, tempfile::TempDir, Secret) {
+    let scene = Scene::start(prefix, &[], &[]).await;
+    let mount = tempfile::tempdir().expect("mount dir");
+    apply(&assumed_role(&scene.ns.name, "reader", ""));
+    let secret = wait_for(
+        &scene.secrets,
+        "reader",
+        Duration::from_secs(30),
+        "the Secret",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+    project(mount.path(), &data(&secret), 0);
+    let logs = tempfile::tempdir().expect("logs dir");
+    (scene, mount, logs, secret)
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_endpoint_answers_only_the_right_token() {
+    let (_scene, mount, logs, secret) = served("endpoint-token").await;
+    let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
+    let data = data(&secret);
+    let token = data["endpoint-token"].as_str();
+    let get = |headers: Vec<(&'static str, String)>| {
+        let address = address.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http_get(&address, "/v1/credentials", &headers)
+                .await
+                .expect("reach the endpoint")
+        }
+    };
+    for (what, headers) in [
+        ("no token", vec![]),
+        ("an empty token", vec![("Authorization", String::new())]),
+        ("a wrong token", vec![("Authorization", "0".repeat(token.len()))]),
+        (
+            "a prefix of the token",
+            vec![("Authorization", token[..32].to_string())],
+        ),
+        (
+            "the token of another header",
+            vec![("X-Authorization", token.to_string())],
+        ),
+    ] {
+        let (code, body) = get(headers).await;
+        assert_eq!(code, 401, "{what}: {body}");
+        assert!(
+            !body.contains(&data["AWS_ACCESS_KEY_ID"]),
+            "{what}: credentials in a refusal"
+        );
+    }
+    let (code, body) = get(vec![("Authorization", token.to_string())]).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["AccessKeyId"], data["AWS_ACCESS_KEY_ID"]);
+    assert_eq!(answer["SecretAccessKey"], data["AWS_SECRET_ACCESS_KEY"]);
+    assert_eq!(answer["Token"], data["AWS_SESSION_TOKEN"]);
+    // Advertised two minutes before the real expiry.
+    let real: jiff::Timestamp = data["expiration"].parse().expect("expiration");
+    let advertised: jiff::Timestamp = answer["Expiration"]
+        .as_str()
+        .expect("Expiration")
+        .parse()
+        .expect("time");
+    assert_eq!(real.duration_since(advertised), jiff::SignedDuration::from_mins(2));
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_endpoint_listens_on_loopback_only() {
+    let logs = tempfile::tempdir().expect("logs dir");
+    let mount = tempfile::tempdir().expect("mount dir");
+    for address in ["0.0.0.0:0", "[::]:0", "10.0.0.1:9911"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"));
+        cmd.args(["credentials-endpoint", "--listen", address, "--credentials-dir"])
+            .arg(mount.path())
+            .env_clear();
+        let mut process = Started::spawn(cmd, logs.path(), "endpoint");
+        let status = process.wait(Instant::now() + Duration::from_secs(20)).await;
+        assert!(status.is_some_and(|s| !s.success()), "{address}: {status:?}");
+        assert!(
+            process.stderr().contains("loopback address only"),
+            "{address}: {}",
+            process.stderr()
+        );
+    }
+    // Started on loopback, it is not reachable through any other address of
+    // this machine.
+    let (_scene, mount, logs, _secret) = served("endpoint-loopback").await;
+    let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
+    let port = address.rsplit(':').next().expect("port");
+    let others = Command::new("hostname")
+        .arg("-I")
+        .stderr(Stdio::null())
+        .output()
+        .expect("hostname -I");
+    let others = String::from_utf8_lossy(&others.stdout).to_string();
+    for ip in others.split_whitespace().filter(|ip| !ip.starts_with("127.")) {
+        let target = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
+        let reached = http_get(&target, "/readyz", &[]).await;
+        assert!(reached.is_err(), "reached through {target}: {reached:?}");
+    }
+    assert!(matches!(http_get(&address, "/readyz", &[]).await, Ok((200, _))));
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_endpoint_never_serves_expired_credentials_and_rides_out_a_swap() {
+    let (_scene, mount, logs, secret) = served("endpoint-expired").await;
+    let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
+    let good = data(&secret);
+    let headers = [("Authorization", good["endpoint-token"].as_str())];
+    let get = || http_get(&address, "/v1/credentials", &headers);
+    assert_eq!(get().await.expect("reach").0, 200);
+
+    // A read that fails half-way through a swap (the folder that `..data`
+    // names is gone) is answered from the last good set.
+    let folder = std::fs::read_link(mount.path().join("..data")).expect("..data");
+    std::fs::remove_dir_all(mount.path().join(&folder)).expect("remove the folder");
+    let (code, body) = get().await.expect("reach");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&good["AWS_ACCESS_KEY_ID"]));
+
+    // What the kubelet brings next has expired (the operator could not
+    // refresh it): 503, never the credentials, and not ready.
+    let mut expired = good.clone();
+    expired.insert("expiration".into(), "2020-01-01T00:00:00Z".into());
+    project(mount.path(), &expired, 1);
+    let (code, body) = get().await.expect("reach");
+    assert_eq!(code, 503, "{body}");
+    assert!(!body.contains(&good["AWS_ACCESS_KEY_ID"]), "credentials in a refusal");
+    assert_eq!(http_get(&address, "/readyz", &[]).await.expect("reach").0, 503);
+
+    // Valid credentials again: served at once.
+    project(mount.path(), &good, 2);
+    assert_eq!(get().await.expect("reach").0, 200);
 }

@@ -1,0 +1,147 @@
+"""A strict STS in front of moto, for the SDK matrix.
+
+Usage: sts_standin.py MOTO_URL LIFETIME_SECONDS STRICT_SECONDS
+
+Listens on a free port of 127.0.0.1 and prints it on the first line. Every
+request goes on to moto, except that:
+
+- an AssumeRole answer is given an expiration LIFETIME_SECONDS after now (a
+  stand-in may grant less than was asked, as STS does with role chaining),
+  and the stand-in remembers it for the access key it issued;
+- any other request must be signed with an access key that this stand-in
+  issued and that expires more than STRICT_SECONDS from now. Otherwise it is
+  refused with 403 ExpiredToken, as real STS would refuse an expired one,
+  and the refusal is recorded.
+
+Each request is counted per caller (the `app/<id>` that an SDK adds to its
+User-Agent from AWS_SDK_UA_APP_ID) and per access key. GET /_standin/report
+returns the counts; keys appear only as short SHA-256 fingerprints.
+"""
+
+import datetime
+import hashlib
+import http.server
+import json
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+MOTO, LIFETIME, STRICT = sys.argv[1].rstrip("/"), int(sys.argv[2]), int(sys.argv[3])
+
+LOCK = threading.Lock()
+ISSUED = {}  # access key -> expiry (epoch seconds), in the order issued
+ORDER = []  # fingerprints of issued keys, oldest first
+CALLS = {}  # app -> fingerprint -> count
+SEEN = {}  # app -> fingerprints in the order first used
+REJECTED = []  # {app, key, reason}
+ASSUME_ROLE = [0]
+
+
+def fingerprint(key):
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def rfc3339(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, content_type="text/xml"):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path != "/_standin/report":
+            self.reply(404, "")
+            return
+        with LOCK:
+            report = {
+                "assume_role": ASSUME_ROLE[0],
+                "issued": list(ORDER),
+                "calls": CALLS,
+                "seen": SEEN,
+                "rejected": REJECTED,
+            }
+            self.reply(200, json.dumps(report), "application/json")
+
+    def forward(self, body):
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+        request = urllib.request.Request(MOTO + self.path, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.read(), answer.headers.get("Content-Type", "text/xml")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(), error.headers.get("Content-Type", "text/xml")
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        action = urllib.parse.parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
+        if action == "AssumeRole":
+            self.assume_role(body)
+            return
+        agent = " ".join(self.headers.get(h, "") for h in ("User-Agent", "X-Amz-User-Agent"))
+        app = (re.search(r"app/([A-Za-z0-9._-]+)", agent) or [None, "unknown"])[1]
+        match = re.search(r"Credential=([A-Z0-9]+)/", self.headers.get("Authorization", ""))
+        key = match.group(1) if match else ""
+        now = time.time()
+        with LOCK:
+            expires = ISSUED.get(key)
+            reason = None
+            if expires is None:
+                reason = "not a key this STS issued"
+            elif expires - now <= STRICT:
+                reason = f"expires in {expires - now:.0f} s"
+            if reason:
+                REJECTED.append({"app": app, "key": fingerprint(key), "action": action, "reason": reason})
+            else:
+                fp = fingerprint(key)
+                CALLS.setdefault(app, {}).setdefault(fp, 0)
+                CALLS[app][fp] += 1
+                if fp not in SEEN.setdefault(app, []):
+                    SEEN[app].append(fp)
+        if reason:
+            self.reply(
+                403,
+                "<ErrorResponse><Error><Type>Sender</Type><Code>ExpiredToken</Code>"
+                f"<Message>The security token included in the request is refused: {reason}</Message>"
+                "</Error><RequestId>standin</RequestId></ErrorResponse>",
+            )
+            return
+        self.reply(*self.forward(body))
+
+    def assume_role(self, body):
+        status, answer, content_type = self.forward(body)
+        text = answer.decode()
+        key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)
+        if status == 200 and key:
+            expires = int(time.time()) + LIFETIME
+            text = re.sub(r"<Expiration>[^<]+</Expiration>", f"<Expiration>{rfc3339(expires)}</Expiration>", text)
+            with LOCK:
+                ASSUME_ROLE[0] += 1
+                ISSUED[key.group(1)] = expires
+                ORDER.append(fingerprint(key.group(1)))
+        self.reply(status, text, content_type)
+
+
+def main():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
