@@ -41,8 +41,9 @@ image-check: ## The Dockerfile's release build, the binary's linkage, and hadoli
 test: lint unit e2e image-check ## Everything CI checks
 
 .PHONY: bench
-bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, and a restart
+bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, a restart, and the credentials endpoint
 	hack/bench.sh
+	hack/bench-endpoint.sh
 
 .PHONY: demo
 demo: ## Run the operator against a local control plane and watch a Secret refresh

@@ -25,17 +25,17 @@ JAVA_DIR="$CACHE/sdk-java-$(key java pom.xml src/main/java/dev/refresh/sts/Consu
 JS_DIR="$CACHE/sdk-js-$(key js package.json package-lock.json consumer.mjs)"
 RUST_DIR="$CACHE/sdk-rust-$(key rust Cargo.toml Cargo.lock src/main.rs)"
 
-# Runs "$@" into a temporary folder, then moves it to $dir, so that a build
-# that fails half-way is never taken for a cached one.
+# Runs "$@" into $dir (in place: a virtual environment cannot move), and
+# marks it done only at the end, so that a build that failed half-way is
+# built again rather than taken for a cached one.
 cached() {
   local label=$1 dir=$2; shift 2
   if [[ -e $dir/.done ]]; then return; fi
-  local start=$SECONDS tmp="$dir.tmp.$$"
+  local start=$SECONDS
   log "building $label (first run only) ..."
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  "$@" "$tmp"
-  touch "$tmp/.done"
-  rm -rf "$dir"; mv "$tmp" "$dir"
+  rm -rf "$dir"; mkdir -p "$dir"
+  "$@" "$dir"
+  touch "$dir/.done"
   log "$label done in $((SECONDS - start)) s"
 }
 
@@ -50,7 +50,7 @@ build_go() {
 
 build_java() {
   cp -r "$SDK/java/." "$1/src-copy"
-  (cd "$1/src-copy" && mvn --batch-mode --quiet -DoutputDirectory="$1/lib" \
+  (cd "$1/src-copy" && mvn --batch-mode --quiet -Dstyle.color=never -DoutputDirectory="$1/lib" \
     compile dependency:copy-dependencies)
   mv "$1/src-copy/target/classes" "$1/classes"
   rm -rf "$1/src-copy"

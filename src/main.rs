@@ -45,9 +45,9 @@ struct EndpointArgs {
     /// `http://<address>/v1/credentials`.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "127.0.0.1:9911")]
     listen: std::net::SocketAddr,
-    /// Log filter, in tracing's env-filter syntax.
+    /// Least severe level logged.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    log_level: String,
+    log_level: tracing::Level,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CredentialsEndpoint(args) => {
-            init_logging(&args.log_level, args.log_format)?;
+            init_plain_logging(args.log_level, args.log_format);
             // One thread: a sidecar in every pod should cost little.
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -218,6 +218,19 @@ async fn signal_shutdown(token: CancellationToken) {
     let _ = interrupt.await;
     info!("shutting down");
     token.cancel();
+}
+
+/// Logging for the credentials endpoint: a level, no filter expressions, so
+/// that a sidecar in every pod does not carry a regex engine in memory.
+fn init_plain_logging(level: tracing::Level, format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 fn init_logging(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {

@@ -292,6 +292,7 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
             cmd.env_clear()
                 .env("HOME", home.path())
                 .env("AWS_REGION", "us-east-1")
+                .env("AWS_DEFAULT_REGION", "us-east-1")
                 .env("AWS_ENDPOINT_URL_STS", &standin.url)
                 .env("AWS_SDK_UA_APP_ID", &app)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -543,4 +544,57 @@ async fn the_endpoint_never_serves_expired_credentials_and_rides_out_a_swap() {
     // Valid credentials again: served at once.
     project(mount.path(), &good, 2);
     assert_eq!(get().await.expect("reach").0, 200);
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_example_pods_are_accepted_and_match_the_endpoint() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for example in ["pod-endpoint.yaml", "pod-config.yaml"] {
+        let path = format!("{root}/examples/{example}");
+        let out = kubectl(&["apply", "--dry-run=server", "-f", &path], None);
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The sidecar's arguments start the endpoint, and the workload's
+    // environment points at what it serves.
+    let text = std::fs::read_to_string(format!("{root}/examples/pod-endpoint.yaml")).expect("example");
+    let pod: Value = serde_yaml::from_str(&text).expect("YAML");
+    let sidecar = &pod["spec"]["initContainers"][0];
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    let args: Vec<String> = sidecar["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("an argument").to_string())
+        .collect();
+    let listen = args.iter().find_map(|a| a.strip_prefix("--listen=")).expect("--listen");
+    let env: BTreeMap<String, String> = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().into(),
+                e["value"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        format!("http://{listen}/v1/credentials")
+    );
+    assert_eq!(
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"],
+        "/var/run/secrets/aws/endpoint-token"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("run the binary");
+    assert!(help.status.success(), "{}", String::from_utf8_lossy(&help.stderr));
 }
