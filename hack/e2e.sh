@@ -6,8 +6,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 STATE="$(mktemp -d "${TMPDIR:-/tmp}/aro-e2e.XXXXXX")"
+MATRIX_PID=""
 cleanup() {
   local rc=$?
+  if [[ -n $MATRIX_PID ]] && kill -0 "$MATRIX_PID" 2>/dev/null; then
+    pkill -TERM -P "$MATRIX_PID" || true
+    kill "$MATRIX_PID" 2>/dev/null || true
+  fi
   if ((rc != 0)) && [[ -d $STATE/logs ]]; then
     for log in "$STATE"/logs/*.log; do
       echo "--- last lines of $(basename "$log")" >&2
@@ -30,9 +35,18 @@ cargo test --locked --test startup -- --ignored "$@"
 kubectl apply -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev >/dev/null
 # The tests each run their own operator in a namespace of their own, so they
-# can run side by side.
-cargo test --locked --test e2e -- --ignored --test-threads "${E2E_THREADS:-4}" "$@"
+# can run side by side. The SDK matrix runs for four minutes, mostly waiting:
+# it starts first, beside everything else, and is waited for at the end.
+cargo test --locked --test e2e --no-run
+MATRIX=sdk::six_sdks_started_once_keep_working_across_rotations_through_both_routes
+cargo test --locked --test e2e -- --ignored --exact "$MATRIX" --nocapture >"$STATE/sdk-matrix.log" 2>&1 &
+MATRIX_PID=$!
+cargo test --locked --test e2e -- --ignored --skip "$MATRIX" --test-threads "${E2E_THREADS:-4}" "$@"
 # The chart tests run operators that watch the whole cluster: one at a time.
 cargo test --locked --test chart -- --ignored --test-threads 1 "$@"
 # These start control planes of their own: the demo, and the outages.
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
+matrix_rc=0
+wait "$MATRIX_PID" || matrix_rc=$?
+grep -vE '^\s*$' "$STATE/sdk-matrix.log" | grep -v '^  ' >&2 || true
+exit "$matrix_rc"

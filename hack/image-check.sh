@@ -21,7 +21,12 @@ needed=$(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
 echo "$needed"
 bad=$(grep -Ev "$allowed" <<<"$needed" || true)
 [[ -z $bad ]] || { echo "the binary needs libraries the base image lacks: $bad" >&2; exit 1; }
-newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+# Packed relative relocations (build.rs) need glibc 2.36.
+if objdump -p "$bin" | grep -q GLIBC_ABI_DT_RELR; then
+  echo "packed relative relocations: needs glibc 2.36"
+  newest=$(printf '%s\n2.36\n' "$newest" | sort -V | tail -1)
+fi
 echo "newest glibc symbol version: $newest (base image has $MAX_GLIBC)"
 [[ $(printf '%s\n%s\n' "$newest" "$MAX_GLIBC" | sort -V | tail -1) == "$MAX_GLIBC" ]] \
   || { echo "the binary needs glibc $newest, newer than the base image's $MAX_GLIBC" >&2; exit 1; }

@@ -12,25 +12,23 @@
 //! credentials are never served: the answer is then 503. Nothing here calls
 //! STS or the Kubernetes API.
 //!
-//! [`answer`] is the decision, pure; [`read`] and [`serve`] are the I/O.
+//! [`answer`] and [`parse_head`] are pure; [`read`] and [`serve`] are the
+//! I/O.
 
 use std::{
-    net::SocketAddr,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
-use axum::{
-    Router,
-    extract::State,
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
@@ -171,6 +169,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 struct Server {
     dir: PathBuf,
     last_good: Mutex<Option<Snapshot>>,
+    connections: AtomicUsize,
 }
 
 impl Server {
@@ -192,59 +191,202 @@ impl Server {
     }
 }
 
-/// Serves the endpoint on `address` (a loopback address) until `shutdown`.
-pub async fn serve(address: SocketAddr, dir: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Connections served at once; more are closed at once. The SDKs of one
+/// pod keep one or two each.
+const MAX_CONNECTIONS: usize = 64;
+/// Bytes of a request's line and headers; the SDKs send a few hundred.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long an idle keep-alive connection stays open.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Serves the endpoint on `address` (a loopback address), one thread per
+/// connection, until the process is stopped. Plain threads and a small
+/// HTTP/1.1 reader rather than an async stack: the endpoint runs in every
+/// pod, and this keeps it small.
+pub fn serve(address: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
     anyhow::ensure!(
         address.ip().is_loopback(),
         "--listen {address}: the credentials endpoint listens on a loopback address only (127.0.0.1 or ::1), \
          so that nothing outside the pod can reach it"
     );
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = TcpListener::bind(address)?;
     let server = Arc::new(Server {
         dir: dir.clone(),
         last_good: Mutex::new(None),
+        connections: AtomicUsize::new(0),
     });
     let _ = server.load();
     info!(address = %listener.local_addr()?, path = PATH, dir = %dir.display(), "serving credentials");
-    let app = Router::new()
-        .route(PATH, get(credentials))
-        .route("/readyz", get(readyz))
-        .route("/livez", get(|| async { "ok" }))
-        .with_state(server);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    info!("stopped");
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(%error, "accepting a connection");
+                continue;
+            }
+        };
+        if server.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            warn!("too many connections; closing a new one");
+            continue;
+        }
+        let server = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name("connection".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                if let Err(error) = connection(&server, stream) {
+                    tracing::debug!(%error, "connection ended");
+                }
+                server.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(error) = spawned {
+            warn!(%error, "starting a connection thread");
+        }
+    }
     Ok(())
 }
 
-async fn credentials(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
-    let (fresh, last_good) = server.load();
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match answer(fresh.as_ref(), last_good.as_ref(), authorization, Timestamp::now()) {
-        Answer::Credentials(body) => ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response(),
-        Answer::Unauthorized => {
-            warn!("refused a request without the right authorization token");
-            (StatusCode::UNAUTHORIZED, "authorization token missing or wrong\n").into_response()
+/// What the endpoint reads of a request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// The method.
+    pub method: String,
+    /// The path, without a query.
+    pub path: String,
+    /// The `Authorization` header, as sent.
+    pub authorization: Option<Vec<u8>>,
+    /// Whether the client asked to close the connection after this answer.
+    pub close: bool,
+    /// The length of a body, which the endpoint reads and ignores.
+    pub content_length: usize,
+}
+
+/// Parses a request's line and headers (everything before the empty line).
+/// Pure. `None` for anything that is not plain HTTP/1.x.
+pub fn parse_head(head: &[u8]) -> Option<Request> {
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let line = std::str::from_utf8(lines.next()?).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let mut request = Request {
+        method: method.to_string(),
+        path: target.split('?').next().unwrap_or_default().to_string(),
+        close: version == "HTTP/1.0",
+        ..Request::default()
+    };
+    for line in lines.filter(|l| !l.is_empty()) {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"authorization") {
+            request.authorization = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            request.close = value.eq_ignore_ascii_case(b"close");
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            request.content_length = std::str::from_utf8(value).ok()?.parse().ok()?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return None;
         }
-        Answer::Unavailable(why) => {
-            warn!(why, "no credentials to serve");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+    }
+    Some(request)
+}
+
+/// Serves the requests of one connection until the client closes it, asks
+/// to, sends something that is not a request, or stays idle too long.
+fn connection(server: &Server, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IDLE))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let before = head.len();
+            let read = (&mut reader)
+                .take((MAX_HEAD - head.len()) as u64)
+                .read_until(b'\n', &mut head)?;
+            if read == 0 {
+                return Ok(()); // closed, or a head too long
+            }
+            let line = &head[before..];
+            if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+        }
+        let Some(request) = parse_head(&head) else {
+            return respond(&mut writer, 400, "text/plain", "bad request\n", true);
+        };
+        std::io::copy(
+            &mut (&mut reader).take(request.content_length as u64),
+            &mut std::io::sink(),
+        )?;
+        let (status, content_type, body) = route(server, &request);
+        respond(&mut writer, status, content_type, &body, request.close)?;
+        if request.close {
+            return Ok(());
         }
     }
 }
 
-async fn readyz(State(server): State<Arc<Server>>) -> Response {
-    let (fresh, last_good) = server.load();
-    if ready(fresh.as_ref(), last_good.as_ref(), Timestamp::now()) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no valid credentials in the mounted Secret\n",
-        )
-            .into_response()
+/// The answer to one request: status, content type and body.
+fn route(server: &Server, request: &Request) -> (u16, &'static str, String) {
+    if request.method != "GET" {
+        return (405, "text/plain", "only GET\n".into());
     }
+    match request.path.as_str() {
+        PATH => {
+            let (fresh, last_good) = server.load();
+            match answer(
+                fresh.as_ref(),
+                last_good.as_ref(),
+                request.authorization.as_deref(),
+                Timestamp::now(),
+            ) {
+                Answer::Credentials(body) => (200, "application/json", body.to_string()),
+                Answer::Unauthorized => {
+                    warn!("refused a request without the right authorization token");
+                    (401, "text/plain", "authorization token missing or wrong\n".into())
+                }
+                Answer::Unavailable(why) => {
+                    warn!(why, "no credentials to serve");
+                    (503, "text/plain", format!("{why}\n"))
+                }
+            }
+        }
+        "/readyz" => {
+            let (fresh, last_good) = server.load();
+            if ready(fresh.as_ref(), last_good.as_ref(), Timestamp::now()) {
+                (200, "text/plain", "ok\n".into())
+            } else {
+                (503, "text/plain", "no valid credentials in the mounted Secret\n".into())
+            }
+        }
+        "/livez" => (200, "text/plain", "ok\n".into()),
+        _ => (404, "text/plain", "not found\n".into()),
+    }
+}
+
+fn respond(writer: &mut TcpStream, status: u16, content_type: &str, body: &str, close: bool) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let connection = if close { "close" } else { "keep-alive" };
+    // One write: a head and a body sent apart wait on the peer's delayed ACK.
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: {connection}\r\n\r\n{body}",
+        body.len()
+    );
+    writer.write_all(response.as_bytes())?;
+    writer.flush()
 }
 
 #[cfg(test)]
@@ -338,6 +480,31 @@ mod tests {
         ));
         assert!(ready(None, Some(&last), at(0)));
         assert!(!ready(None, None, at(0)));
+    }
+
+    #[test]
+    fn request_heads_parse_as_the_sdks_send_them() {
+        let head = b"GET /v1/credentials?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9911\r\nauthorization:  tok \r\nContent-Length: 0\r\n\r\n";
+        let request = parse_head(head).unwrap_or_default();
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.path, PATH);
+        assert_eq!(request.authorization.as_deref(), Some(&b"tok"[..]));
+        assert!(!request.close);
+        let request = parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap_or_default();
+        assert!(request.close);
+        let request = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").unwrap_or_default();
+        assert!(request.close);
+        for bad in [
+            &b"GET /\r\n\r\n"[..],
+            b"GET / HTTP/2\r\n\r\n",
+            b"GET / HTTP/1.1 extra\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: many\r\n\r\n",
+            b"\xff\xfe HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse_head(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

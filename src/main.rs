@@ -105,16 +105,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CredentialsEndpoint(args) => {
             init_plain_logging(args.log_level, args.log_format);
-            // One thread: a sidecar in every pod should cost little.
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?
-                .block_on(async {
-                    let shutdown = CancellationToken::new();
-                    tokio::spawn(signal_shutdown(shutdown.clone()));
-                    endpoint::serve(args.listen, args.credentials_dir, shutdown).await
-                })
+            endpoint::serve(args.listen, args.credentials_dir)
         }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
