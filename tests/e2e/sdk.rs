@@ -428,7 +428,7 @@ async fn served(prefix: &str) -> (Scene, tempfile::TempDir, tempfile::TempDir, S
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn the_endpoint_answers_only_the_right_token() {
     let (_scene, mount, logs, secret) = served("endpoint-token").await;
-    let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
+    let (endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
     let data = data(&secret);
     let token = data["endpoint-token"].as_str();
     let get = |headers: Vec<(&'static str, String)>| {
@@ -462,6 +462,21 @@ async fn the_endpoint_answers_only_the_right_token() {
     }
     let (code, body) = get(vec![("Authorization", token.to_string())]).await;
     assert_eq!(code, 200, "{body}");
+    // Its log tells what it refused and why, and never a credential or the
+    // token.
+    let log = endpoint.stderr();
+    assert!(
+        log.contains("refused a request without the right authorization token"),
+        "{log}"
+    );
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "endpoint-token",
+    ] {
+        assert!(!log.contains(&data[key]), "{key} in the endpoint's log");
+    }
     let answer: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(answer["AccessKeyId"], data["AWS_ACCESS_KEY_ID"]);
     assert_eq!(answer["SecretAccessKey"], data["AWS_SECRET_ACCESS_KEY"]);
