@@ -85,6 +85,11 @@ struct RunArgs {
     /// How many AssumedRoles are reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
+    /// Tag every session with `kubernetes-namespace` and `kubernetes-name`
+    /// (the AssumedRole's), for CloudTrail and for the role's policies. The
+    /// role's trust policy must then allow `sts:TagSession`.
+    #[arg(long, env = "SESSION_TAGS", default_value_t = false)]
+    session_tags: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,6 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace = %args.namespace,
         watch_namespaces = ?args.watch_namespaces,
         concurrency = args.concurrency,
+        session_tags = args.session_tags,
         "starting assumed-role-operator"
     );
     let shutdown = CancellationToken::new();
@@ -134,13 +140,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API")?;
     let hmac_key = hmac_key::load_hmac_key(client.clone(), &args.namespace).await?;
     let sts = Arc::new(AwsSts::from_env().await);
-    let ctx = Arc::new(Context::new(
-        client,
-        sts,
-        hmac_key,
-        state.metrics.clone(),
-        args.pod_name.clone(),
-    ));
+    let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
+    ctx.session_tags = args.session_tags;
+    let ctx = Arc::new(ctx);
     let settings = Settings {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,

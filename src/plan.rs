@@ -150,6 +150,9 @@ pub struct Facts<'a> {
     pub secret: Option<&'a SecretView>,
     /// When a watch last heard from the API server.
     pub api_seen: Option<Timestamp>,
+    /// Whether the operator tags each session with the AssumedRole's
+    /// namespace and name (`--session-tags`).
+    pub session_tags: bool,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -227,6 +230,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         memory,
         secret,
         api_seen,
+        session_tags,
         now,
     } = *facts;
     let status = ar.status.clone().unwrap_or_default();
@@ -264,7 +268,10 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     let Some(view) = secret else {
         return Plan::ReadSecret;
     };
-    let request = AssumeRoleRequest::for_resource(ar);
+    let mut request = AssumeRoleRequest::for_resource(ar);
+    if session_tags && let Err(invalid) = request.tag_with_origin(&target.namespace, &target.name) {
+        return fail(Reason::InvalidSpec, invalid.to_string(), None);
+    }
     let hash = secret::spec_hash(&request);
     let name = &target.secret_name;
     let mut serving = None;
@@ -425,6 +432,7 @@ mod tests {
             memory,
             secret,
             api_seen: None,
+            session_tags: false,
             now: now(),
         })
     }
@@ -637,6 +645,7 @@ mod tests {
             memory: Some(&m),
             secret: None,
             api_seen: None,
+            session_tags: false,
             now: now(),
         });
         let expected = schedule::retry_at(&target.uid, 6, m.last, None);
@@ -666,6 +675,7 @@ mod tests {
                 memory: Some(m),
                 secret: None,
                 api_seen,
+                session_tags: false,
                 now: decided,
             })
         };

@@ -41,6 +41,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             memory: memory.as_ref(),
             secret: view.as_ref(),
             api_seen: ctx.api_seen(),
+            session_tags: ctx.session_tags,
             now,
         };
         match plan::decide(&facts) {

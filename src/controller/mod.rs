@@ -50,6 +50,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Held credentials and remembered failures, per AssumedRole.
     pub memory: Memory,
+    /// Whether each session is tagged with the AssumedRole's namespace and
+    /// name (`--session-tags`).
+    pub session_tags: bool,
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
     owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
@@ -80,6 +83,7 @@ impl Context {
             hmac_key,
             metrics,
             memory: Memory::default(),
+            session_tags: false,
             owned_secrets: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),
             api_down: std::sync::atomic::AtomicBool::new(false),

@@ -5,6 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail loudly
 
+mod attribution;
 mod basic;
 mod failures;
 mod lifecycle;

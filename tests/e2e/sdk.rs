@@ -6,9 +6,8 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -41,64 +40,6 @@ fn project(dir: &Path, data: &BTreeMap<String, String>, generation: usize) {
     if let Some(old) = old {
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
-}
-
-/// A process the test started, killed by PID when dropped.
-struct Started {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Started {
-    fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Self {
-        let out = dir.join(format!("{name}.out"));
-        let err = dir.join(format!("{name}.err"));
-        cmd.stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file"));
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Self { child, out, err }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Waits until it exits, at most until `deadline`; kills it then.
-    async fn wait(&mut self, deadline: Instant) -> Option<std::process::ExitStatus> {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The credentials endpoint as a sidecar runs it, over the folder `mount`.
@@ -145,48 +86,6 @@ fn mirror(secrets: &kube::Api<Secret>, name: &str, mount: &Path, delay: Duration
         let _ = watch.await;
         apply.abort();
     })
-}
-
-/// The strict STS stand-in in front of moto.
-struct StandIn {
-    _process: Started,
-    url: String,
-}
-
-impl StandIn {
-    fn start(lifetime: u32, strict: u32, logs: &Path) -> Self {
-        let python = std::env::var("ARO_PYTHON").expect("ARO_PYTHON from hack/cluster.sh");
-        let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL from hack/cluster.sh");
-        let mut cmd = Command::new(python);
-        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sts_standin.py"))
-            .args([moto, lifetime.to_string(), strict.to_string()]);
-        let process = Started::spawn(cmd, logs, "standin");
-        let started = Instant::now();
-        let port = loop {
-            if let Some(line) = process.stdout().lines().next() {
-                break line.trim().to_string();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the stand-in did not start: {}",
-                process.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self {
-            _process: process,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn report(&self) -> Value {
-        let address = self.url.trim_start_matches("http://");
-        let (code, body) = http_get(address, "/_standin/report", &[])
-            .await
-            .expect("the stand-in's report");
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).expect("a JSON report")
-    }
 }
 
 fn var(name: &str) -> String {

@@ -13,7 +13,8 @@ request goes on to moto, except that:
   refused with 403 ExpiredToken, as real STS would refuse an expired one,
   and the refusal is recorded.
 
-Each request is counted per caller (the `app/<id>` that an SDK adds to its
+Each AssumeRole is recorded with its role, session name and session tags.
+Each other request is counted per caller (the `app/<id>` that an SDK adds to its
 User-Agent from AWS_SDK_UA_APP_ID) and per access key. GET /_standin/report
 returns the counts; keys appear only as short SHA-256 fingerprints.
 """
@@ -39,6 +40,7 @@ CALLS = {}  # app -> fingerprint -> count
 SEEN = {}  # app -> fingerprints in the order first used
 REJECTED = []  # {app, key, reason}
 ASSUME_ROLE = [0]
+SESSIONS = []  # {role, session, tags} of each AssumeRole, as asked
 
 
 def fingerprint(key):
@@ -74,6 +76,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "calls": CALLS,
                 "seen": SEEN,
                 "rejected": REJECTED,
+                "sessions": SESSIONS,
             }
             self.reply(200, json.dumps(report), "application/json")
 
@@ -123,6 +126,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reply(*self.forward(body))
 
     def assume_role(self, body):
+        params = urllib.parse.parse_qs(body.decode(errors="replace"))
+        one = lambda name: params.get(name, [""])[0]
+        tags, n = {}, 1
+        while f"Tags.member.{n}.Key" in params:
+            tags[one(f"Tags.member.{n}.Key")] = one(f"Tags.member.{n}.Value")
+            n += 1
+        with LOCK:
+            SESSIONS.append({"role": one("RoleArn"), "session": one("RoleSessionName"), "tags": tags})
         status, answer, content_type = self.forward(body)
         text = answer.decode()
         key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)
