@@ -122,12 +122,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, args.log_format)?;
+    let (credentials, sts_endpoint) = AwsSts::describe_env();
     info!(
         version = env!("CARGO_PKG_VERSION"),
         namespace = %args.namespace,
         watch_namespaces = ?args.watch_namespaces,
+        leader_elect = args.leader_elect,
+        lease_duration_seconds = args.lease_duration_seconds,
         concurrency = args.concurrency,
         session_tags = args.session_tags,
+        admin_address = %args.admin_address,
+        credentials = %credentials,
+        sts_endpoint = %sts_endpoint,
         "starting assumed-role-operator"
     );
     let shutdown = CancellationToken::new();

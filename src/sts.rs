@@ -79,10 +79,56 @@ impl AwsSts {
         }
     }
 
+    /// Where the default chain takes the operator's own credentials from and
+    /// where it sends STS calls, in words for the start-up log; never a
+    /// credential.
+    pub fn describe_env() -> (String, String) {
+        let var = |k: &str| std::env::var(k).ok();
+        (credential_source(var), sts_endpoint(var))
+    }
+
     /// Wraps an existing client.
     pub fn new(client: aws_sdk_sts::Client) -> Self {
         Self { client }
     }
+}
+
+/// Where the default AWS credential chain will take credentials from,
+/// judged from the environment in the chain's own order (environment,
+/// profile, web identity, container endpoint, instance metadata). Names
+/// variables, a profile or a role ARN, never a credential.
+pub fn credential_source(var: impl Fn(&str) -> Option<String>) -> String {
+    let value = |k: &str| var(k).filter(|v| !v.is_empty());
+    if value("AWS_ACCESS_KEY_ID").is_some() && value("AWS_SECRET_ACCESS_KEY").is_some() {
+        return "environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into();
+    }
+    if let Some(profile) = value("AWS_PROFILE") {
+        return format!("profile {profile} of the shared config files");
+    }
+    if value("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+        let role = value("AWS_ROLE_ARN").unwrap_or_else(|| "(AWS_ROLE_ARN unset)".into());
+        return format!("web identity token (IRSA) for role {role}");
+    }
+    if value("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+        || value("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+    {
+        return "the container credentials endpoint (EKS Pod Identity or ECS)".into();
+    }
+    "the shared config files' default profile, else the instance metadata service".into()
+}
+
+/// Where STS calls go: the endpoint settings the SDK honours, else the
+/// regional endpoint of `AWS_REGION`.
+pub fn sts_endpoint(var: impl Fn(&str) -> Option<String>) -> String {
+    let value = |k: &str| var(k).filter(|v| !v.is_empty());
+    value("AWS_ENDPOINT_URL_STS")
+        .or_else(|| value("AWS_ENDPOINT_URL"))
+        .or_else(|| {
+            value("AWS_REGION")
+                .or_else(|| value("AWS_DEFAULT_REGION"))
+                .map(|r| format!("the regional endpoint of {r}"))
+        })
+        .unwrap_or_else(|| "the default endpoint (no AWS_REGION)".into())
 }
 
 impl Sts for AwsSts {
@@ -381,5 +427,60 @@ mod tests {
             !debug.contains("secret") && !debug.contains("token") && !debug.contains("ASIAEXAMPLE"),
             "{debug}"
         );
+    }
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_string())
+    }
+
+    #[test]
+    fn the_credential_source_follows_the_chains_order_and_names_no_secret() {
+        let keys = [("AWS_ACCESS_KEY_ID", "AKIAXX"), ("AWS_SECRET_ACCESS_KEY", "shh")];
+        let source = credential_source(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIAXX"),
+            ("AWS_SECRET_ACCESS_KEY", "shh"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+        ]));
+        assert_eq!(
+            source,
+            "environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        );
+        assert!(keys.iter().all(|(_, v)| !source.contains(v)));
+        assert_eq!(
+            credential_source(env(&[
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                ("AWS_ROLE_ARN", "arn:aws:iam::1:role/op")
+            ])),
+            "web identity token (IRSA) for role arn:aws:iam::1:role/op"
+        );
+        assert_eq!(
+            credential_source(env(&[("AWS_PROFILE", "ops"), ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")])),
+            "profile ops of the shared config files"
+        );
+        assert_eq!(
+            credential_source(env(&[(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials"
+            )])),
+            "the container credentials endpoint (EKS Pod Identity or ECS)"
+        );
+        assert!(credential_source(env(&[("AWS_ACCESS_KEY_ID", "AKIAXX")])).contains("instance metadata"));
+    }
+
+    #[test]
+    fn the_sts_endpoint_honours_the_sdks_settings() {
+        assert_eq!(
+            sts_endpoint(env(&[
+                ("AWS_ENDPOINT_URL", "http://a"),
+                ("AWS_ENDPOINT_URL_STS", "http://b")
+            ])),
+            "http://b"
+        );
+        assert_eq!(sts_endpoint(env(&[("AWS_ENDPOINT_URL", "http://a")])), "http://a");
+        assert_eq!(
+            sts_endpoint(env(&[("AWS_REGION", "eu-west-1")])),
+            "the regional endpoint of eu-west-1"
+        );
+        assert_eq!(sts_endpoint(env(&[])), "the default endpoint (no AWS_REGION)");
     }
 }

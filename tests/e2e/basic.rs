@@ -180,3 +180,36 @@ async fn a_policy_is_measured_in_characters_as_sts_measures_it() {
     wait_ready(&roles, "reader", "True", "CredentialsReady").await;
     assert_eq!(operator.sts_calls().await, 1);
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_start_up_line_gives_the_version_the_settings_and_the_credential_source() {
+    let ns = TestNamespace::create(&client().await, "startline").await;
+    let operator = Operator::start(&ns.name, &["--concurrency", "7", "--session-tags"], &[]);
+    let line = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        "the start-up line",
+        || async {
+            operator
+                .output()
+                .lines()
+                .find(|l| l.contains("starting assumed-role-operator"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    for part in [
+        concat!("version=\"", env!("CARGO_PKG_VERSION"), "\""),
+        "concurrency=7",
+        "session_tags=true",
+        "leader_elect=false",
+        "credentials=environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    assert!(line.contains(&format!("sts_endpoint={endpoint}")), "{line}");
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
+    assert!(!line.contains(&secret), "a credential in the start-up line");
+}
