@@ -783,4 +783,65 @@ mod tests {
         assert_ne!(long, default_session_name(&"n".repeat(63), &"r".repeat(252)));
         assert!(SESSION_NAME.is_match(&default_session_name("", "")));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                "[ -~]{0,80}".prop_map(serde_json::Value::from),
+                "arn:aws:iam::[0-9]{12}:role/[ -~]{0,20}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map("[a-zA-Z]{1,12}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: [&str; 14] = [
+            "roleArn",
+            "durationSeconds",
+            "roleSessionName",
+            "externalId",
+            "policy",
+            "policyArns",
+            "tags",
+            "transitiveTagKeys",
+            "sourceIdentity",
+            "refreshBefore",
+            "refreshBeforePercentage",
+            "secret",
+            "suspend",
+            "unknown",
+        ];
+
+        proptest! {
+            /// Random JSON shaped like a spec: it either does not
+            /// deserialize, or validation says yes, or names a field of the
+            /// spec. Never a panic.
+            #[test]
+            fn validation_of_any_spec_names_a_field_or_passes(
+                fields in proptest::collection::btree_map(proptest::sample::select(&FIELDS[..]), value(), 0..10),
+                arn in "arn:aws:iam::[0-9]{12}:role/[a-z]{1,8}",
+            ) {
+                let mut spec: serde_json::Map<String, serde_json::Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                spec.entry("roleArn").or_insert_with(|| serde_json::Value::from(arn));
+                if let Ok(spec) = serde_json::from_value::<AssumedRoleSpec>(serde_json::Value::Object(spec)) {
+                    match spec.validate().and_then(|()| spec.refresh_before().map(|_| ())) {
+                        Ok(()) => {}
+                        Err(invalid) => prop_assert!(invalid.field.starts_with("spec."), "{invalid}"),
+                    }
+                }
+            }
+        }
+    }
 }

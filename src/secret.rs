@@ -486,4 +486,46 @@ mod tests {
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever another writer puts into an owned Secret's data or
+            /// annotations, reading it never panics, and a change to what the
+            /// operator wrote is never taken for intact.
+            #[test]
+            fn any_edit_of_an_owned_secret_is_read_without_panic_and_never_intact(
+                data in proptest::collection::btree_map("[ -~]{0,24}", proptest::collection::vec(any::<u8>(), 0..64), 0..8),
+                annotations in proptest::collection::btree_map("[ -~]{0,40}", "[ -~]{0,40}", 0..8),
+                keep_data in any::<bool>(),
+            ) {
+                let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r"}));
+                let original = rendered(&ar);
+                let mut edited = original.clone();
+                if !keep_data {
+                    edited.data = Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+                }
+                let meta = edited.metadata.annotations.get_or_insert_default();
+                for (k, v) in annotations {
+                    meta.insert(k, v);
+                }
+                let signed_changed = SIGNED_ANNOTATIONS.iter().chain([&DATA_HMAC_ANNOTATION]).any(|name| {
+                    original.annotations().get(*name) != edited.annotations().get(*name)
+                });
+                let data_changed = original.data != edited.data;
+                let observed = observe(&ar, Some(&edited), b"k");
+                let Observed::Owned(owned) = observed else {
+                    return Err(TestCaseError::fail("an owned Secret read as not owned"));
+                };
+                if data_changed || signed_changed {
+                    prop_assert!(!owned.intact);
+                }
+                // Reading the credentials back never panics either.
+                let _ = credentials_from(&edited);
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 mod attribution;
 mod basic;
+mod catalogue;
 mod failures;
 mod lifecycle;
 mod refresh;
