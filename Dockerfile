@@ -5,7 +5,7 @@ WORKDIR /src
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake=3.25.* \
  && rm -rf /var/lib/apt/lists/*
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 RUN cargo build --release --locked \
  && install -D -m 0755 target/release/assumed-role-operator /out/assumed-role-operator

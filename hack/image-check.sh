@@ -11,6 +11,14 @@ HADOLINT_VERSION=2.15.1
 # glibc of Debian 12, the base of gcr.io/distroless/cc-debian12.
 MAX_GLIBC=2.36
 
+echo "== the Dockerfile copies everything the build reads"
+copied=$(sed -n 's/^COPY \([^-].*\) [^ ]*$/\1/p' Dockerfile | tr ' ' '\n')
+for input in Cargo.toml Cargo.lock build.rs src; do
+  [[ -e $input ]] || continue
+  grep -qx "$input" <<<"$copied" || { echo "the Dockerfile does not copy $input" >&2; exit 1; }
+done
+echo "Cargo.toml Cargo.lock build.rs src"
+
 echo "== cargo build --release --locked (as in the Dockerfile)"
 cargo build --release --locked
 bin="${CARGO_TARGET_DIR:-target}/release/assumed-role-operator"
