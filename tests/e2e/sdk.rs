@@ -131,6 +131,31 @@ fn consumer(sdk: &str, seconds: u32, interval: f32) -> Command {
     cmd
 }
 
+/// A namespace with an operator started with `env`, an AssumedRole `reader`
+/// whose Secret is meant to be mounted at a fresh folder, and that Secret
+/// projected into the folder as the kubelet would. Returns the scene, the
+/// folder, a folder for logs, and the Secret as first written.
+async fn served(prefix: &str, env: &[(&str, &str)]) -> (Scene, tempfile::TempDir, tempfile::TempDir, Secret) {
+    let scene = Scene::start(prefix, &[], env).await;
+    let mount = tempfile::tempdir().expect("mount dir");
+    apply(&assumed_role(
+        &scene.ns.name,
+        "reader",
+        &format!("  secret:\n    mountPath: {}\n", mount.path().display()),
+    ));
+    let secret = wait_for(
+        &scene.secrets,
+        "reader",
+        Duration::from_secs(30),
+        "the Secret",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+    project(mount.path(), &data(&secret), 0);
+    let logs = tempfile::tempdir().expect("logs dir");
+    (scene, mount, logs, secret)
+}
+
 const SDKS: [&str; 6] = ["boto3", "cli", "go", "java", "js", "rust"];
 
 /// A route from the mounted Secret to an SDK.
@@ -156,27 +181,13 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
     const KUBELET_DELAY: Duration = Duration::from_secs(5);
     let logs = tempfile::tempdir().expect("logs dir");
     let standin = StandIn::start(LIFETIME, STRICT, logs.path());
+    let (scene, mount, _, _) = served("sdks", &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]).await;
     let Scene {
         ns,
         secrets,
         operator: _operator,
         ..
-    } = Scene::start("sdks", &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]).await;
-    let mount = tempfile::tempdir().expect("mount dir");
-    apply(&assumed_role(
-        &ns.name,
-        "reader",
-        &format!("  secret:\n    mountPath: {}\n", mount.path().display()),
-    ));
-    let first = wait_for(
-        &secrets,
-        "reader",
-        Duration::from_secs(30),
-        "the Secret",
-        |s: Option<&Secret>| s.is_some(),
-    )
-    .await;
-    project(mount.path(), &data(&first), 0);
+    } = scene;
     let mirror = mirror(&secrets, "reader", mount.path(), KUBELET_DELAY);
     let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
 
@@ -304,29 +315,10 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
     );
 }
 
-/// An AssumedRole's Secret, mirrored into a folder as the kubelet would, and
-/// the endpoint serving it.
-async fn served(prefix: &str) -> (Scene, tempfile::TempDir, tempfile::TempDir, Secret) {
-    let scene = Scene::start(prefix, &[], &[]).await;
-    let mount = tempfile::tempdir().expect("mount dir");
-    apply(&assumed_role(&scene.ns.name, "reader", ""));
-    let secret = wait_for(
-        &scene.secrets,
-        "reader",
-        Duration::from_secs(30),
-        "the Secret",
-        |s: Option<&Secret>| s.is_some(),
-    )
-    .await;
-    project(mount.path(), &data(&secret), 0);
-    let logs = tempfile::tempdir().expect("logs dir");
-    (scene, mount, logs, secret)
-}
-
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn the_endpoint_answers_only_the_right_token() {
-    let (_scene, mount, logs, secret) = served("endpoint-token").await;
+    let (_scene, mount, logs, secret) = served("endpoint-token", &[]).await;
     let (endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
     let data = data(&secret);
     let token = data["endpoint-token"].as_str();
@@ -411,7 +403,7 @@ async fn the_endpoint_listens_on_loopback_only() {
     }
     // Started on loopback, it is not reachable through any other address of
     // this machine.
-    let (_scene, mount, logs, _secret) = served("endpoint-loopback").await;
+    let (_scene, mount, logs, _secret) = served("endpoint-loopback", &[]).await;
     let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
     let port = address.rsplit(':').next().expect("port");
     let others = Command::new("hostname")
@@ -435,7 +427,7 @@ async fn the_endpoint_listens_on_loopback_only() {
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn the_endpoint_never_serves_expired_credentials_and_rides_out_a_swap() {
-    let (_scene, mount, logs, secret) = served("endpoint-expired").await;
+    let (_scene, mount, logs, secret) = served("endpoint-expired", &[]).await;
     let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
     let good = data(&secret);
     let headers = [("Authorization", good["endpoint-token"].as_str())];

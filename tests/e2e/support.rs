@@ -194,24 +194,35 @@ impl Operator {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(sent.success(), "could not signal the operator");
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the operator") {
-                return Some((status, started.elapsed()));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                self.stop();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = exit_within(&mut self.child, Instant::now() + limit).await?;
+        Some((status, started.elapsed()))
     }
 
     /// Stops it (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill(&mut self.child);
     }
+}
+
+/// Waits for `child` to exit, at most until `deadline`; kills it then and
+/// returns `None`.
+async fn exit_within(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            kill(child);
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills `child` (SIGKILL) and reaps it.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Operator {
@@ -629,21 +640,12 @@ impl Started {
 
     /// Waits until it exits, at most until `deadline`; kills it then.
     pub async fn wait(&mut self, deadline: Instant) -> Option<std::process::ExitStatus> {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        exit_within(&mut self.child, deadline).await
     }
 
+    /// Stops it (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill(&mut self.child);
     }
 }
 
