@@ -13,8 +13,10 @@ build: ## Build the operator
 
 .PHONY: crds
 crds: ## Regenerate crds/ and the chart's copy from the Rust types
-	$(CARGO) run --locked --quiet -- crd > crds/assumedroles.sts.refresh.dev.yaml
-	cp crds/assumedroles.sts.refresh.dev.yaml charts/assumed-role-operator/crds/
+	for crd in assumedroles.sts.refresh.dev assumedrolepolicies.sts.refresh.dev; do \
+	  $(CARGO) run --locked --quiet -- crd $$crd > crds/$$crd.yaml && \
+	  cp crds/$$crd.yaml charts/assumed-role-operator/crds/ || exit 1; \
+	done
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors

@@ -22,8 +22,14 @@ hack/cluster.sh up "$STATE" 2>/dev/null
 # shellcheck disable=SC1091
 source "$STATE/env"
 kubectl apply -f crds/ >/dev/null
-kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
 kubectl create namespace bench >/dev/null
+kubectl apply -f - >/dev/null <<'POLICY'
+apiVersion: sts.refresh.dev/v1alpha1
+kind: AssumedRolePolicy
+metadata: {name: bench}
+spec: {namespaces: {names: [bench]}, roleArns: ["arn:aws:iam::123456789012:role/role-*"]}
+POLICY
 
 now_ms() { date +%s%3N; }
 start_operator() {

@@ -45,7 +45,7 @@ hack/cluster.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"
 kubectl apply -f crds/
-kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
 kubectl create namespace assumed-role-operator --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
 "$BIN" run --namespace assumed-role-operator --admin-address 127.0.0.1:0 >"$STATE/logs/operator.log" 2>&1 &
@@ -59,6 +59,7 @@ done
 grep -q "admin server listening" "$STATE/logs/operator.log" || die "the operator did not start within 10 s; see $STATE/logs/operator.log"
 echo "operator running (PID $OPERATOR_PID), logs in $STATE/logs/operator.log"
 
+kubectl apply -f examples/assumedrolepolicy.yaml
 kubectl apply -f examples/assumedrole.yaml
 secret=$(kubectl get -f examples/assumedrole.yaml -o jsonpath='{.spec.secret.name}')
 ns=$(kubectl get -f examples/assumedrole.yaml -o jsonpath='{.metadata.namespace}')

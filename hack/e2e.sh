@@ -33,7 +33,7 @@ source "$STATE/env"
 # First the operator on a control plane without the CRD; the test installs it.
 cargo test --locked --test startup -- --ignored "$@"
 kubectl apply -f crds/ >/dev/null
-kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
 # The tests each run their own operator in a namespace of their own, so they
 # can run side by side.
 MATRIX=sdk::six_sdks_started_once_keep_working_across_rotations_through_both_routes

@@ -79,6 +79,7 @@ pub const RESERVED_PREFIX: &str = "sts.refresh.dev/";
 )]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("spec.refreshBefore and spec.refreshBeforePercentage are mutually exclusive: set one of them"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.transitiveTagKeys) || self.transitiveTagKeys.all(k, has(self.tags) && k in self.tags)").message("spec.transitiveTagKeys: every key must also be a key of spec.tags"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.source) || !has(self.source.serviceAccountName) || (!has(self.tags) && !has(self.transitiveTagKeys) && !has(self.externalId) && !has(self.sourceIdentity))").message("spec.source.serviceAccountName cannot be combined with spec.tags, spec.transitiveTagKeys, spec.externalId or spec.sourceIdentity: AssumeRoleWithWebIdentity takes none of them"))]
 #[serde(rename_all = "camelCase")]
 pub struct AssumedRoleSpec {
     /// ARN of the IAM role to assume, for example
@@ -162,6 +163,197 @@ pub struct AssumedRoleSpec {
     /// Stop refreshing. The Secret is left as it is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+
+    /// Whose identity assumes the role. Empty: the operator's own (IRSA, EKS
+    /// Pod Identity, environment, instance profile). An `AssumedRolePolicy`
+    /// says which sources a namespace may use.
+    #[serde(default, skip_serializing_if = "Source::is_operator")]
+    pub source: Source,
+}
+
+/// Where the identity that assumes the role comes from: at most one of
+/// `serviceAccountName`, `secretRef` and `assumedRoleRef`; none means the
+/// operator's own identity.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.serviceAccountName) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) + (has(self.assumedRoleRef) ? 1 : 0) <= 1").message("spec.source: set at most one of serviceAccountName, secretRef and assumedRoleRef"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.audience) || has(self.serviceAccountName)").message("spec.source.audience applies only with spec.source.serviceAccountName"))]
+pub struct Source {
+    /// A ServiceAccount in the AssumedRole's namespace. The operator asks
+    /// the API server for a short-lived token of it (TokenRequest) and calls
+    /// `AssumeRoleWithWebIdentity`, so the role's trust policy can name this
+    /// ServiceAccount, as with IRSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("spec.source.serviceAccountName must be a ServiceAccount name (lower-case DNS subdomain)"))]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// Audience of the ServiceAccount token. Default: the operator's
+    /// `--token-audience` (`sts.amazonaws.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: Option<String>,
+
+    /// A Secret in the AssumedRole's namespace that holds static access keys
+    /// (an IAM user's), for clusters outside AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SourceSecretRef>,
+
+    /// Another AssumedRole in the same namespace, whose credentials assume
+    /// this role (role chaining). STS caps a chained session at one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_role_ref: Option<AssumedRoleRef>,
+}
+
+/// A Secret of static access keys.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSecretRef {
+    /// Name of the Secret, in the AssumedRole's namespace.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("spec.source.secretRef.name must be a Secret name (lower-case DNS subdomain)"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// Key of the access key ID. Default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub access_key_id_key: Option<String>,
+    /// Key of the secret access key. Default: `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_access_key_key: Option<String>,
+}
+
+/// Another AssumedRole in the same namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssumedRoleRef {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The kinds of [`Source`], as an `AssumedRolePolicy` lists them.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKind {
+    /// The operator's own identity.
+    Operator,
+    /// A ServiceAccount's token (`spec.source.serviceAccountName`).
+    ServiceAccount,
+    /// Static keys in a Secret (`spec.source.secretRef`).
+    Secret,
+    /// Another AssumedRole (`spec.source.assumedRoleRef`).
+    AssumedRole,
+}
+
+impl SourceKind {
+    /// Every kind, in the order the README lists them.
+    pub const ALL: [SourceKind; 4] = [Self::Operator, Self::ServiceAccount, Self::Secret, Self::AssumedRole];
+
+    /// The name in `AssumedRolePolicy.spec.sources`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "Operator",
+            Self::ServiceAccount => "ServiceAccount",
+            Self::Secret => "Secret",
+            Self::AssumedRole => "AssumedRole",
+        }
+    }
+}
+
+impl Source {
+    /// Whether the operator's own identity assumes the role.
+    pub fn is_operator(&self) -> bool {
+        self.kind() == SourceKind::Operator
+    }
+
+    /// Which kind of source this is.
+    pub fn kind(&self) -> SourceKind {
+        if self.service_account_name.is_some() {
+            SourceKind::ServiceAccount
+        } else if self.secret_ref.is_some() {
+            SourceKind::Secret
+        } else if self.assumed_role_ref.is_some() {
+            SourceKind::AssumedRole
+        } else {
+            SourceKind::Operator
+        }
+    }
+}
+
+impl Source {
+    /// The checks of [`AssumedRoleSpec::validate`] for `spec.source`.
+    fn validate(&self) -> Result<(), InvalidSpec> {
+        let set = [
+            self.service_account_name.is_some(),
+            self.secret_ref.is_some(),
+            self.assumed_role_ref.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "spec.source",
+                "set at most one of serviceAccountName, secretRef and assumedRoleRef",
+            ));
+        }
+        if self.audience.is_some() && self.service_account_name.is_none() {
+            return Err(invalid(
+                "spec.source.audience",
+                "applies only with spec.source.serviceAccountName",
+            ));
+        }
+        if let Some(name) = &self.service_account_name
+            && (name.len() > 253 || !DNS_SUBDOMAIN.is_match(name))
+        {
+            return Err(invalid(
+                "spec.source.serviceAccountName",
+                format!("{name:?} is not a ServiceAccount name (lower-case DNS subdomain)"),
+            ));
+        }
+        if let Some(audience) = &self.audience
+            && (audience.is_empty() || audience.len() > 256)
+        {
+            return Err(invalid("spec.source.audience", "must be 1 to 256 characters"));
+        }
+        if let Some(secret) = &self.secret_ref {
+            if secret.name.len() > 253 || !DNS_SUBDOMAIN.is_match(&secret.name) {
+                return Err(invalid(
+                    "spec.source.secretRef.name",
+                    format!("{:?} is not a Secret name (lower-case DNS subdomain)", secret.name),
+                ));
+            }
+            for (field, key) in [
+                ("spec.source.secretRef.accessKeyIdKey", secret.access_key_id_key()),
+                (
+                    "spec.source.secretRef.secretAccessKeyKey",
+                    secret.secret_access_key_key(),
+                ),
+            ] {
+                if key.is_empty() || key.len() > 253 {
+                    return Err(invalid(field, "must be 1 to 253 characters"));
+                }
+            }
+        }
+        if let Some(other) = &self.assumed_role_ref
+            && (other.name.is_empty() || other.name.len() > 253)
+        {
+            return Err(invalid(
+                "spec.source.assumedRoleRef.name",
+                "must be 1 to 253 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SourceSecretRef {
+    /// The key that holds the access key ID.
+    pub fn access_key_id_key(&self) -> &str {
+        self.access_key_id_key.as_deref().unwrap_or("AWS_ACCESS_KEY_ID")
+    }
+
+    /// The key that holds the secret access key.
+    pub fn secret_access_key_key(&self) -> &str {
+        self.secret_access_key_key.as_deref().unwrap_or("AWS_SECRET_ACCESS_KEY")
+    }
 }
 
 /// The Secret that receives the credentials.
@@ -433,6 +625,24 @@ impl AssumedRoleSpec {
                 "spec.secret.mountPath",
                 "must be an absolute path without spaces",
             ));
+        }
+        self.source.validate()?;
+        // AssumeRoleWithWebIdentity takes no tags, external ID or source
+        // identity: the token carries who asks.
+        if self.source.kind() == SourceKind::ServiceAccount {
+            let unsupported = [
+                ("spec.tags", !self.tags.is_empty()),
+                ("spec.transitiveTagKeys", !self.transitive_tag_keys.is_empty()),
+                ("spec.externalId", self.external_id.is_some()),
+                ("spec.sourceIdentity", self.source_identity.is_some()),
+            ];
+            if let Some((field, _)) = unsupported.into_iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    field,
+                    "cannot be used with spec.source.serviceAccountName: AssumeRoleWithWebIdentity takes no tags, \
+                     external ID or source identity",
+                ));
+            }
         }
         Ok(())
     }

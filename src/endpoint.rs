@@ -71,6 +71,10 @@ pub enum ReadError {
     /// A file does not hold what the operator writes.
     #[error("{0} does not hold what the operator writes")]
     Malformed(&'static str),
+    /// A whole version of the Secret without credentials: the operator
+    /// removed them (the AssumedRole's grant was revoked).
+    #[error("the mounted Secret holds no credentials")]
+    Withdrawn,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +118,18 @@ pub fn read(dir: &Path) -> Result<Snapshot, ReadError> {
         let path = folder.join(name);
         std::fs::read(&path).map_err(|e| ReadError::Io { path, kind: e.kind() })
     };
-    parse(&file(CREDENTIAL_PROCESS)?, &file(EXPIRATION)?, &file(ENDPOINT_TOKEN)?)
+    let process = match file(CREDENTIAL_PROCESS) {
+        // The token is there and the credentials are not: a complete
+        // version that holds none, not a read that raced a swap.
+        Err(ReadError::Io {
+            kind: std::io::ErrorKind::NotFound,
+            ..
+        }) if folder.join(ENDPOINT_TOKEN).is_file() && !folder.join(EXPIRATION).exists() => {
+            return Err(ReadError::Withdrawn);
+        }
+        other => other?,
+    };
+    parse(&process, &file(EXPIRATION)?, &file(ENDPOINT_TOKEN)?)
 }
 
 /// What to answer a request for credentials.
@@ -138,7 +153,9 @@ pub fn answer(
     now: Timestamp,
 ) -> Answer {
     let Some(snapshot) = fresh.or(last_good) else {
-        return Answer::Unavailable("no credentials have been read from the mounted Secret yet");
+        return Answer::Unavailable(
+            "the mounted Secret holds no credentials: see the Ready condition of its AssumedRole",
+        );
     };
     if !authorization.is_some_and(|given| same(given, snapshot.token.as_bytes())) {
         return Answer::Unauthorized;
@@ -178,6 +195,11 @@ impl Server {
     fn load(&self) -> (Option<Snapshot>, Option<Snapshot>) {
         let fresh = match read(&self.dir) {
             Ok(snapshot) => Some(snapshot),
+            Err(ReadError::Withdrawn) => {
+                // Never serve what the operator took away.
+                *self.last_good.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                None
+            }
             Err(error) => {
                 warn!(%error, "could not read the mounted Secret; using the last good credentials, if any");
                 None
@@ -480,6 +502,26 @@ mod tests {
         ));
         assert!(ready(None, Some(&last), at(0)));
         assert!(!ready(None, None, at(0)));
+    }
+
+    #[test]
+    fn a_version_without_credentials_reads_as_withdrawn_and_a_half_swapped_one_does_not() {
+        let dir = std::env::temp_dir().join(format!("aro-endpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let version = dir.join("..2026_11_30_01_00_00.1");
+        std::fs::create_dir_all(&version).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("..2026_11_30_01_00_00.1", dir.join("..data")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(version.join(ENDPOINT_TOKEN), "t").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(version.join("config"), "[default]\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(read(&dir), Err(ReadError::Withdrawn)));
+        // The expiration without the credentials is a version caught
+        // mid-way, not one without credentials.
+        std::fs::write(version.join(EXPIRATION), "2026-11-30T02:00:00Z").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(read(&dir), Err(ReadError::Io { .. })));
+        // A folder removed under the reader is a race too.
+        std::fs::remove_dir_all(&version).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(read(&dir), Err(ReadError::Io { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

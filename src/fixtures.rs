@@ -25,9 +25,26 @@ use crate::{
     controller::Context,
     credentials::{AssumeRoleRequest, AssumedSession, Credentials},
     metrics::Metrics,
+    policy::AssumedRolePolicy,
     secret,
     sts::{StsError, StsFuture},
 };
+
+/// A namespace without labels.
+pub static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
+/// One AssumedRolePolicy that allows every namespace every role from every
+/// source, as the chart's `permissivePolicy` does.
+pub fn allowing_all() -> &'static [Arc<AssumedRolePolicy>] {
+    static ALL: std::sync::LazyLock<Vec<Arc<AssumedRolePolicy>>> = std::sync::LazyLock::new(|| {
+        vec![Arc::new(AssumedRolePolicy::new(
+            "allow-all",
+            serde_json::from_value(json!({"namespaces": {"selector": {}}, "roleArns": ["arn:*:iam::*:role/*"]}))
+                .expect("policy"),
+        ))]
+    });
+    &ALL
+}
 
 /// The HMAC key every fixture signs with.
 pub const KEY: &[u8] = b"fixture key";
@@ -136,6 +153,7 @@ pub fn context(sts: Arc<FakeSts>) -> (Arc<Context>, ApiServer) {
         Arc::new(Metrics::default()),
         Some("test".into()),
     );
+    ctx.grants.fill(allowing_all(), &[("billing", NO_LABELS.clone())]);
     (Arc::new(ctx), ApiServer(handle))
 }
 

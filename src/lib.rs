@@ -27,6 +27,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;
+pub mod policy;
 pub mod schedule;
 pub mod secret;
 pub mod status;

@@ -10,6 +10,7 @@ use assumed_role_operator::{
     api::AssumedRole,
     controller::{self, Context, Settings},
     endpoint, hmac_key, leader,
+    policy::AssumedRolePolicy,
     sts::AwsSts,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -28,8 +29,12 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(RunArgs),
-    /// Print the AssumedRole CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML: both, or the one named
+    /// (`assumedroles.sts.refresh.dev`, `assumedrolepolicies.sts.refresh.dev`).
+    Crd {
+        /// The CRD's name; all when absent.
+        name: Option<String>,
+    },
     /// Serve the credentials of a mounted Secret to the SDKs of the pod, on
     /// a loopback address: run it as a native sidecar and point
     /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` at it.
@@ -101,11 +106,19 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!(
-                "{}",
-                serde_yaml::to_string(&AssumedRole::crd()).context("rendering the CRD")?
-            );
+        Command::Crd { name } => {
+            let crds = [AssumedRole::crd(), AssumedRolePolicy::crd()];
+            let chosen: Vec<_> = crds
+                .iter()
+                .filter(|c| name.as_deref().is_none_or(|n| c.metadata.name.as_deref() == Some(n)))
+                .collect();
+            anyhow::ensure!(!chosen.is_empty(), "no CRD named {name:?}");
+            let docs = chosen
+                .into_iter()
+                .map(serde_yaml::to_string)
+                .collect::<Result<Vec<_>, _>>()
+                .context("rendering the CRDs")?;
+            print!("{}", docs.join("---\n"));
             Ok(())
         }
         Command::CredentialsEndpoint(args) => {

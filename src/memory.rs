@@ -37,6 +37,11 @@ impl Memory {
         self.with(uid, |e| e.held = Some(held));
     }
 
+    /// Drops the credentials held for `uid` (its grant was revoked).
+    pub fn forget(&self, uid: &str) {
+        self.with(uid, |e| e.held = None);
+    }
+
     /// The failures remembered for `uid`.
     pub fn failures(&self, uid: &str) -> Option<Remembered> {
         self.with(uid, |e| e.failures.clone()).flatten()

@@ -41,6 +41,9 @@ pub enum Reason {
     /// Another writer keeps changing the Secret; the operator stopped
     /// restoring it until the next refresh.
     SecretContested,
+    /// No `AssumedRolePolicy` allows this namespace to assume this role
+    /// (with this duration and source).
+    PolicyDenied,
     /// STS refused: the operator may not assume the role.
     AccessDenied,
     /// STS asked the operator to slow down.
@@ -92,6 +95,7 @@ impl Reason {
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretConflict => "SecretConflict",
             Self::SecretContested => "SecretContested",
+            Self::PolicyDenied => "PolicyDenied",
             Self::AccessDenied => "AccessDenied",
             Self::Throttled => "Throttled",
             Self::StsUnavailable => "STSUnavailable",
@@ -116,7 +120,7 @@ impl Reason {
             | Self::ClampedToFloor
             | Self::FellBackToDefault => Retry::AtRefresh,
             Self::Suspended | Self::SecretContested | Self::BackingOff => Retry::Never,
-            Self::InvalidSpec | Self::MissingMetadata => Retry::OnChange,
+            Self::InvalidSpec | Self::MissingMetadata | Self::PolicyDenied => Retry::OnChange,
             Self::SecretConflict
             | Self::AccessDenied
             | Self::Throttled
@@ -156,6 +160,7 @@ impl Reason {
             Self::Suspended => "suspended",
             Self::BackingOff => "backoff",
             Self::InvalidSpec | Self::MissingMetadata => "invalid_spec",
+            Self::PolicyDenied => "policy_denied",
             Self::SecretConflict | Self::SecretContested => "secret_conflict",
             Self::AccessDenied | Self::NoCredentials => "sts_denied",
             Self::Throttled | Self::StsUnavailable => "sts_unavailable",
@@ -208,7 +213,8 @@ impl From<crate::sts::StsError> for Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 22] = [
+    const ALL: [Reason; 23] = [
+        Reason::PolicyDenied,
         Reason::BackingOff,
         Reason::CredentialsReady,
         Reason::CredentialsRefreshed,

@@ -5,16 +5,22 @@
 //! The controller carries the plan out ([`crate::controller`]); the tests at
 //! the bottom of this file walk every path through the decision.
 
-use jiff::Timestamp;
+use std::{collections::BTreeMap, sync::Arc};
+
+use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     Error,
     api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
     credentials::{AssumeRoleRequest, Credentials},
     outcome::{Failure, Reason},
+    policy::{self, AssumedRolePolicy, Verdict},
     schedule::{self, Refresh},
     secret::{self, Observed},
 };
+
+/// How long a decision waits for the namespace's labels to reach the cache.
+pub const NAMESPACE_WAIT: SignedDuration = SignedDuration::from_secs(1);
 
 /// Restores of one set of credentials before the operator concludes that
 /// another writer is fighting it and stops.
@@ -153,6 +159,11 @@ pub struct Facts<'a> {
     /// Whether the operator tags each session with the AssumedRole's
     /// namespace and name (`--session-tags`).
     pub session_tags: bool,
+    /// Every AssumedRolePolicy, from the watch cache.
+    pub policies: &'a [Arc<AssumedRolePolicy>],
+    /// The labels of the AssumedRole's namespace; `None` while the cache
+    /// has not seen the namespace yet.
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -174,6 +185,12 @@ pub enum Plan {
     },
     /// Read the Secret, then decide again.
     ReadSecret,
+    /// No policy allows the AssumedRole any more: remove the credentials
+    /// from its Secret (which stays), forget those held, and say why.
+    Revoke {
+        /// Why.
+        failure: Failure,
+    },
     /// Nothing can be written: say why.
     Fail {
         /// Why.
@@ -231,9 +248,44 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         secret,
         api_seen,
         session_tags,
+        policies,
+        namespace_labels,
         now,
     } = *facts;
     let status = ar.status.clone().unwrap_or_default();
+    let mut request = AssumeRoleRequest::for_resource(ar);
+    // Who may assume what comes first: a revoked grant takes effect at
+    // once, whatever the backoff or suspension, and a denied one never
+    // reaches STS.
+    let Some(labels) = namespace_labels else {
+        // The namespace's watch lags behind the AssumedRole's: look again
+        // shortly rather than judge without its labels.
+        return Plan::Wait {
+            until: now + NAMESPACE_WAIT,
+        };
+    };
+    let ask = policy::Ask {
+        namespace: &target.namespace,
+        role_arn: &request.role_arn,
+        duration_seconds: request.duration_seconds,
+        source: ar.spec.source.kind(),
+    };
+    if let Verdict::Denied(why) = policy::evaluate(policies.iter().map(Arc::as_ref), labels, &ask) {
+        let Some(view) = secret else {
+            return Plan::ReadSecret;
+        };
+        let name = &target.secret_name;
+        return match &view.observed {
+            Observed::Owned(owned) if owned.holds_credentials => Plan::Revoke {
+                failure: Failure::new(
+                    Reason::PolicyDenied,
+                    format!("{why}; the credentials were removed from Secret {name}, which stays"),
+                ),
+            },
+            _ => fail(Reason::PolicyDenied, format!("{why}; no STS call was made"), None),
+        };
+    }
+
     if ar.spec.suspend {
         return fail(
             Reason::Suspended,
@@ -254,7 +306,10 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     if let Some((count, last, reason)) = failures(&status, memory, target.generation) {
         let last_reason = reason.or_else(|| ready_reason(&status));
         let api_back = last_reason.is_some_and(Reason::is_api_failure) && api_seen.is_some_and(|t| t > last);
-        if last_reason != Some(Reason::SecretConflict) && !api_back {
+        // A denial ends when a policy allows again, which the policy and
+        // namespace watches tell: no backoff either.
+        let over_on_event = matches!(last_reason, Some(Reason::SecretConflict | Reason::PolicyDenied));
+        if !over_on_event && !api_back {
             let expires = held
                 .map(|h| h.creds.expiration)
                 .or(status.expiration_time.as_ref().map(|t| t.0));
@@ -268,7 +323,6 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     let Some(view) = secret else {
         return Plan::ReadSecret;
     };
-    let mut request = AssumeRoleRequest::for_resource(ar);
     if session_tags && let Err(invalid) = request.tag_with_origin(&target.namespace, &target.name) {
         return fail(Reason::InvalidSpec, invalid.to_string(), None);
     }
@@ -377,7 +431,9 @@ fn ready_reason(status: &AssumedRoleStatus) -> Option<Reason> {
         .filter(|c| c.status == "False")
         .map(|c| c.reason.as_str())
         .next()?;
-    (reason == Reason::SecretConflict.as_str()).then_some(Reason::SecretConflict)
+    [Reason::SecretConflict, Reason::PolicyDenied]
+        .into_iter()
+        .find(|r| r.as_str() == reason)
 }
 
 #[cfg(test)]
@@ -386,6 +442,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     use super::*;
+    use kube::Resource;
+
     use crate::fixtures;
 
     const KEY: &[u8] = fixtures::KEY;
@@ -433,6 +491,8 @@ mod tests {
             secret,
             api_seen: None,
             session_tags: false,
+            policies: fixtures::allowing_all(),
+            namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
         })
     }
@@ -578,9 +638,108 @@ mod tests {
                 Plan::Mint { .. } => "Mint".to_string(),
                 Plan::Fail { .. } => format!("Fail {}", reason_of(&plan).map_or("", Reason::as_str)),
                 Plan::Write { .. } => format!("Write {}", reason_of(&plan).map_or("", Reason::as_str)),
+                Plan::Revoke { .. } => "Revoke".to_string(),
             };
             assert_eq!(got, expected, "{situation}: {plan:?}");
         }
+    }
+
+    /// The decision under `policies`, for a namespace with `labels`.
+    fn judged(
+        ar: &AssumedRole,
+        policies: &[Arc<AssumedRolePolicy>],
+        labels: Option<&BTreeMap<String, String>>,
+        memory: Option<&Remembered>,
+        secret: Option<&SecretView>,
+    ) -> Plan {
+        let target = Target::of(ar).expect("target");
+        decide(&Facts {
+            ar,
+            target: &target,
+            held: None,
+            memory,
+            secret,
+            api_seen: None,
+            session_tags: false,
+            policies,
+            namespace_labels: labels,
+            now: now(),
+        })
+    }
+
+    #[test]
+    fn a_denied_assumed_role_never_reaches_sts_and_a_revoked_one_loses_its_credentials() {
+        let ar = AssumedRole::test();
+        let none: &[Arc<AssumedRolePolicy>] = &[];
+        let labels = Some(&fixtures::NO_LABELS);
+        let missing = SecretView::of(&ar, None, KEY);
+        let full = own_secret(&ar, 10);
+        // The Secret is read first, to know whether it holds credentials.
+        assert_eq!(judged(&ar, none, labels, None, None), Plan::ReadSecret);
+        let denied = judged(&ar, none, labels, None, Some(&missing));
+        assert_eq!(reason_of(&denied), Some(Reason::PolicyDenied));
+        let Plan::Fail { failure, .. } = denied else {
+            panic!("not a failure: {denied:?}")
+        };
+        assert_eq!(
+            failure.message,
+            "namespace billing may not assume arn:aws:iam::123456789012:role/reader: no AssumedRolePolicy covers the \
+             namespace; no STS call was made"
+        );
+        let Plan::Revoke { failure } = judged(&ar, none, labels, None, Some(&full)) else {
+            panic!("credentials kept")
+        };
+        assert!(
+            failure
+                .message
+                .ends_with("the credentials were removed from Secret reader, which stays")
+        );
+        // Neither a suspension nor a backoff delays a revocation.
+        let mut suspended = ar.clone();
+        suspended.spec.suspend = true;
+        assert!(matches!(
+            judged(&suspended, none, labels, None, Some(&own_secret(&suspended, 10))),
+            Plan::Revoke { .. }
+        ));
+        let backing_off = ar.clone().with_status(failing(4, "STSUnavailable", 1));
+        assert!(matches!(
+            judged(&backing_off, none, labels, None, Some(&full)),
+            Plan::Revoke { .. }
+        ));
+        // A Secret already emptied is left alone.
+        let owner = ar.controller_owner_ref(&()).expect("owner");
+        let emptied = secret::render_revoked(&ar, owner, KEY);
+        let emptied = SecretView::of(&ar, Some(&emptied), KEY);
+        assert!(matches!(
+            judged(&ar, none, labels, None, Some(&emptied)),
+            Plan::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn a_grant_that_returns_is_acted_on_at_once_and_a_namespace_unseen_is_waited_for() {
+        let denied = AssumedRole::test().with_status(failing(5, "PolicyDenied", 1));
+        let emptied = {
+            let owner = denied.controller_owner_ref(&()).expect("owner");
+            SecretView::of(&denied, Some(&secret::render_revoked(&denied, owner, KEY)), KEY)
+        };
+        // Five failures would mean a long backoff; a denial has none.
+        assert!(matches!(
+            judged(
+                &denied,
+                fixtures::allowing_all(),
+                Some(&fixtures::NO_LABELS),
+                None,
+                Some(&emptied)
+            ),
+            Plan::Mint { .. }
+        ));
+        assert_eq!(
+            judged(&denied, fixtures::allowing_all(), None, None, None),
+            Plan::Wait {
+                until: now() + NAMESPACE_WAIT
+            }
+        );
     }
 
     #[test]
@@ -646,6 +805,8 @@ mod tests {
             secret: None,
             api_seen: None,
             session_tags: false,
+            policies: fixtures::allowing_all(),
+            namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
         });
         let expected = schedule::retry_at(&target.uid, 6, m.last, None);
@@ -676,6 +837,8 @@ mod tests {
                 secret: None,
                 api_seen,
                 session_tags: false,
+                policies: fixtures::allowing_all(),
+                namespace_labels: Some(&fixtures::NO_LABELS),
                 now: decided,
             })
         };

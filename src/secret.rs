@@ -203,13 +203,56 @@ pub fn render_secret(
 ) -> Secret {
     let token = endpoint_token(hmac_key, ar.meta().uid.as_deref().unwrap_or_default());
     let data = render_data(ar, creds, issued, &token);
-    let mut labels = ar.spec.secret.labels.clone();
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = ar.spec.secret.annotations.clone();
     annotations.insert(EXPIRATION_ANNOTATION.into(), creds.expiration.to_string());
     annotations.insert(ISSUED_ANNOTATION.into(), issued.to_string());
     annotations.insert(SPEC_HASH_ANNOTATION.into(), spec_hash.into());
     annotations.insert(LAYOUT_HASH_ANNOTATION.into(), layout_hash(ar));
+    signed(ar, owner, data, annotations, hmac_key)
+}
+
+/// Keys that hold credentials, in any form: what a revoked Secret loses.
+pub const CREDENTIAL_KEYS: [&str; 6] = [
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    SESSION_TOKEN,
+    CREDENTIAL_PROCESS,
+    CREDENTIALS,
+    EXPIRATION,
+];
+
+/// Renders the Secret of an AssumedRole whose grant was revoked: the same
+/// Secret with every key of [`CREDENTIAL_KEYS`] removed. It stays, so that
+/// pods keep their mounts and read credentials again if the grant returns.
+/// `config` stays too: an SDK then fails on the missing credential process
+/// rather than fall through to another identity (the node's, say).
+pub fn render_revoked(ar: &AssumedRole, owner: OwnerReference, hmac_key: &[u8]) -> Secret {
+    let token = endpoint_token(hmac_key, ar.meta().uid.as_deref().unwrap_or_default());
+    let placeholder = Credentials {
+        access_key_id: String::new(),
+        secret_access_key: String::new(),
+        session_token: String::new(),
+        expiration: Timestamp::UNIX_EPOCH,
+    };
+    let mut data = render_data(ar, &placeholder, Timestamp::UNIX_EPOCH, &token);
+    data.retain(|k, _| !CREDENTIAL_KEYS.contains(&k.as_str()));
+    let mut annotations = ar.spec.secret.annotations.clone();
+    annotations.insert(LAYOUT_HASH_ANNOTATION.into(), layout_hash(ar));
+    signed(ar, owner, data, annotations, hmac_key)
+}
+
+/// The Secret around `data`: the spec's labels and the operator's, the
+/// annotations with the keyed hash over them and the data, and the
+/// controller ownerReference.
+fn signed(
+    ar: &AssumedRole,
+    owner: OwnerReference,
+    data: BTreeMap<String, ByteString>,
+    mut annotations: BTreeMap<String, String>,
+    hmac_key: &[u8],
+) -> Secret {
+    let mut labels = ar.spec.secret.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let signature = data_hmac(hmac_key, &annotations, &data);
     annotations.insert(DATA_HMAC_ANNOTATION.into(), signature);
     Secret {
@@ -251,6 +294,8 @@ pub struct OwnedSecret {
     pub layout_hash: Option<String>,
     /// Whether the data is exactly what the operator wrote.
     pub intact: bool,
+    /// Whether any key of [`CREDENTIAL_KEYS`] is present.
+    pub holds_credentials: bool,
 }
 
 /// Reads an existing Secret (or its absence) against the AssumedRole that
@@ -282,6 +327,7 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
         spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
         layout_hash: annotations.get(LAYOUT_HASH_ANNOTATION).cloned(),
         intact,
+        holds_credentials: CREDENTIAL_KEYS.iter().any(|k| data.contains_key(*k)),
     })
 }
 

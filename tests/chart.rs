@@ -84,6 +84,8 @@ const ALL_FEATURES: &[&str] = &[
     "--set",
     "networkPolicy.enabled=true",
     "--set",
+    "permissivePolicy.enabled=true",
+    "--set",
     "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/operator",
 ];
 
@@ -100,6 +102,8 @@ fn chart_lints_and_renders_a_locked_down_deployment() {
         kinds(&rendered),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Deployment",
             "Role",
@@ -138,11 +142,26 @@ fn chart_lints_and_renders_a_locked_down_deployment() {
     }
     let sa = find(&rendered, "ServiceAccount")[0];
     assert_eq!(sa["automountServiceAccountToken"], false);
+    // Secure by default: no policy, so no AssumedRole gets credentials
+    // until a cluster admin writes one.
+    assert!(find(&rendered, "AssumedRolePolicy").is_empty());
 
     let all = render(ALL_FEATURES);
-    assert!(
-        find(&all, "ClusterRole").is_empty(),
-        "namespace-limited install still has a ClusterRole"
+    // A namespace-limited install keeps one ClusterRole: reading policies
+    // and namespace labels, nothing else.
+    let cluster_roles = find(&all, "ClusterRole");
+    assert_eq!(cluster_roles.len(), 1, "{cluster_roles:?}");
+    for rule in cluster_roles[0]["rules"].as_array().unwrap() {
+        assert_eq!(rule["verbs"], serde_json::json!(["get", "list", "watch"]), "{rule}");
+        let resource = rule["resources"][0].as_str().unwrap();
+        assert!(["assumedrolepolicies", "namespaces"].contains(&resource), "{rule}");
+    }
+    let permissive = find(&all, "AssumedRolePolicy");
+    assert_eq!(permissive.len(), 1);
+    assert_eq!(permissive[0]["spec"]["namespaces"]["selector"], serde_json::json!({}));
+    assert_eq!(
+        permissive[0]["spec"]["roleArns"],
+        serde_json::json!(["arn:*:iam::*:role/*"])
     );
     let role_namespaces: Vec<&str> = find(&all, "Role")
         .iter()
@@ -189,6 +208,16 @@ fn chart_versions_and_crds_follow_the_crate() {
         "/crds/assumedroles.sts.refresh.dev.yaml"
     ));
     let bundled = std::fs::read_to_string(Path::new(CHART).join("crds/assumedroles.sts.refresh.dev.yaml"));
+    assert_eq!(
+        bundled.expect("chart CRD"),
+        top.expect("top-level CRD"),
+        "run `make crds`"
+    );
+    let top = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/assumedrolepolicies.sts.refresh.dev.yaml"
+    ));
+    let bundled = std::fs::read_to_string(Path::new(CHART).join("crds/assumedrolepolicies.sts.refresh.dev.yaml"));
     assert_eq!(
         bundled.expect("chart CRD"),
         top.expect("top-level CRD"),
@@ -350,6 +379,8 @@ async fn a_namespace_limited_install_serves_only_its_namespaces() {
     let listed = TestNamespace::create(&client, "listed").await;
     let unlisted = TestNamespace::create(&client, "unlisted").await;
     let release = Release::install("aro-ns", &["--set", &format!("watchNamespaces={{{}}}", listed.name)]);
+    // No ClusterRole for AssumedRoles and Secrets (the read-only one for
+    // policies and namespaces is the only cluster-wide grant).
     assert!(
         kubectl(&["get", "clusterrole", "aro-ns-assumed-role-operator"], None)
             .status

@@ -381,10 +381,18 @@ async fn retries_back_off_while_the_api_server_or_etcd_is_down_and_catch_up_when
             "condition=established",
             "--timeout=60s",
             "crd/assumedroles.sts.refresh.dev",
+            "crd/assumedrolepolicies.sts.refresh.dev",
         ],
         None,
     );
     plane.kubectl(&["create", "namespace", "outage"], None);
+    plane.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: sts.refresh.dev/v1alpha1\nkind: AssumedRolePolicy\nmetadata: {name: outage}\n\
+             spec: {namespaces: {names: [outage]}, roleArns: ['arn:aws:iam::123456789012:role/role-*']}\n",
+        ),
+    );
     let dir = tempfile::tempdir().expect("dir");
     let operator = Operator::start(&plane, dir.path());
     let mut manifests = String::new();

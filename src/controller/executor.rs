@@ -31,6 +31,8 @@ use crate::{
 pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Action, Reason) {
     let held = ctx.memory.held(&target.uid);
     let memory = ctx.memory.failures(&target.uid);
+    let policies = ctx.grants.policies();
+    let labels = ctx.grants.labels(&target.namespace);
     let mut view = None;
     // At most two rounds: the second one with the Secret read.
     for _ in 0..2 {
@@ -42,6 +44,8 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             secret: view.as_ref(),
             api_seen: ctx.api_seen(),
             session_tags: ctx.session_tags,
+            policies: &policies,
+            namespace_labels: labels.as_ref(),
             now,
         };
         match plan::decide(&facts) {
@@ -65,6 +69,17 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 return (requeue_at(until, now), Reason::BackingOff);
             }
             Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
+            Plan::Revoke { failure } => {
+                // The held set goes too: a grant that returns gets new
+                // credentials, not the ones handed out before.
+                ctx.memory.forget(&target.uid);
+                warn!(name = %target.name, namespace = %target.namespace, secret = %target.secret_name, "grant revoked; removing the credentials from the Secret");
+                if let Err(error) = apply_revoked(ar, ctx, target).await {
+                    return failed(ar, ctx, target, Failure::from(&error), None, now).await;
+                }
+                ctx.metrics.secret_write("revoke");
+                return failed(ar, ctx, target, failure, None, now).await;
+            }
             Plan::Keep { held, refresh, rewrite } => {
                 debug!(name = %target.name, refresh = %refresh.at, "Secret is valid and not due; no STS call");
                 let written = if rewrite {
@@ -340,11 +355,23 @@ async fn failed(
 async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &Held) -> Result<()> {
     let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
     let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
+    apply(ctx, target, &desired).await
+}
+
+/// Writes the Secret without its credentials (see [`secret::render_revoked`]).
+async fn apply_revoked(ar: &AssumedRole, ctx: &Context, target: &Target) -> Result<()> {
+    let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
+    apply(ctx, target, &secret::render_revoked(ar, owner, &ctx.hmac_key)).await
+}
+
+/// Server-side applies `desired` as the Secret: keys the operator wrote
+/// before and `desired` lacks are removed.
+async fn apply(ctx: &Context, target: &Target, desired: &Secret) -> Result<()> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
     bounded(api.patch(
         &target.secret_name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
+        &Patch::Apply(desired),
     ))
     .await
     .map_err(|source| Error::ApplySecret {

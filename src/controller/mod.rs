@@ -24,6 +24,7 @@ use kube::{
 use tracing::{debug, info, warn};
 
 mod executor;
+mod grants;
 mod publisher;
 
 pub use crate::plan::MAX_RESTORES;
@@ -31,6 +32,7 @@ use crate::{
     Error, Result, api::AssumedRole, memory::Memory, metrics::Metrics, outcome::Reason, plan::Target, schedule, secret,
     sts::Sts,
 };
+pub use grants::{Change, Grants};
 pub use publisher::EventPublisher;
 
 /// Field manager for every write the operator makes.
@@ -53,6 +55,8 @@ pub struct Context {
     /// Whether each session is tagged with the AssumedRole's namespace and
     /// name (`--session-tags`).
     pub session_tags: bool,
+    /// Every AssumedRolePolicy and namespace's labels, cached.
+    pub grants: Grants,
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
     owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
@@ -84,6 +88,7 @@ impl Context {
             metrics,
             memory: Memory::default(),
             session_tags: false,
+            grants: Grants::default(),
             owned_secrets: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),
             api_down: std::sync::atomic::AtomicBool::new(false),
@@ -143,6 +148,9 @@ impl Context {
 /// same path as successes; only an object without the metadata the API
 /// server always sets comes back as an error.
 pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action> {
+    // Until the policies and namespaces are cached, every AssumedRole would
+    // look denied.
+    ctx.grants.ready().await;
     let started = std::time::Instant::now();
     let target = Target::of(&ar);
     let (action, reason) = match &target {
@@ -207,7 +215,8 @@ pub async fn run(
             };
             let (reader, writer) = reflector::store();
             stores.push(reader.clone());
-            ready_stores.push(reader.clone());
+            let (roles_synced, synced) = tokio::sync::watch::channel(false);
+            ready_stores.push(synced);
             // Status writes change no generation: filtering on it keeps the
             // operator's own status patches from waking it up again.
             // What the watch hears, or fails to, says whether the API server
@@ -217,12 +226,14 @@ pub async fn run(
                 .default_backoff()
                 .inspect(move |event| seen.api_answered(event.is_ok()))
                 .reflect(writer)
+                .inspect(move |event| grants::synced_on(event, &roles_synced))
                 .applied_objects()
                 .predicate_filter(predicates::generation, Default::default());
             // Owned Secrets are watched and cached as metadata only, so their
             // payloads never enter the cache.
             let (secret_reader, secret_writer) = reflector::store();
-            secret_ready.push(secret_reader.clone());
+            let (secrets_synced, synced) = tokio::sync::watch::channel(false);
+            secret_ready.push(synced);
             if let Ok(mut owned) = ctx.owned_secrets.lock() {
                 owned.push(secret_reader);
             }
@@ -239,6 +250,7 @@ pub async fn run(
                 s.metadata.labels = None;
             })
             .reflect(secret_writer)
+            .inspect(move |event| grants::synced_on(event, &secrets_synced))
             .touched_objects()
             .predicate_filter(predicates::resource_version, Default::default());
             let ctx = ctx.clone();
@@ -251,8 +263,12 @@ pub async fn run(
                     Err(RecvError::Closed) => None,
                 }
             });
+            let judge = ctx.grants.triggers(reader.clone());
             Controller::for_stream(roles, reader)
                 .reconcile_all_on(api_back)
+                // A policy change, or a namespace's label change, judges
+                // the AssumedRoles it may concern again.
+                .reconcile_on(judge)
                 // A change to a Secret, or its deletion, wakes its owner and
                 // every AssumedRole that names it: one that lost a conflict
                 // takes the name over as soon as it is free.
@@ -275,6 +291,17 @@ pub async fn run(
         })
         .collect();
     loops.push(prune_held(ctx.clone(), stores, shutdown.clone()).boxed());
+    let grants = ctx.clone();
+    let grants_shutdown = shutdown.clone();
+    loops.push(
+        async move {
+            tokio::select! {
+                () = grants.grants.watch(grants.client.clone()) => {}
+                () = grants_shutdown.cancelled() => {}
+            }
+        }
+        .boxed(),
+    );
     let probe_scope = match settings.namespaces.first() {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -282,16 +309,18 @@ pub async fn run(
     loops.push(probe_api(ctx.clone(), probe_scope, shutdown.clone()).boxed());
     // Ready once every cache holds a first full list.
     let synced_flag = ready.clone();
+    let synced_grants = ctx.clone();
     let synced_shutdown = shutdown.clone();
     loops.push(
         async move {
             let synced = async {
-                for store in &ready_stores {
-                    let _ = store.wait_until_ready().await;
+                // The watches' own events tell, not `Store::wait_until_ready`:
+                // the controller waits on the same stores, and their future
+                // wakes only the last task that polled it.
+                for synced in ready_stores.iter().chain(&secret_ready) {
+                    let _ = synced.clone().wait_for(|s| *s).await;
                 }
-                for store in &secret_ready {
-                    let _ = store.wait_until_ready().await;
-                }
+                synced_grants.grants.ready().await;
             };
             tokio::select! {
                 () = synced => {
@@ -348,6 +377,20 @@ fn interested(
         .collect()
 }
 
+/// What a list of `K` that ended in `result` says about its CRD, if
+/// anything is wrong.
+fn crd_problem<K: Resource<DynamicType = ()>>(result: Result<(), kube::Error>) -> Option<String> {
+    let crd = format!("{}.{}", K::plural(&()), K::group(&()));
+    match result {
+        Ok(()) => None,
+        Err(kube::Error::Api(s)) if s.code == 404 => Some(format!(
+            "the CustomResourceDefinition {crd} is not installed; install it with `kubectl apply -f crds/` (or the \
+             chart's crds/), and the operator starts serving at once"
+        )),
+        Err(e) => Some(format!("cannot list {crd}: {}", crate::api_message(&e))),
+    }
+}
+
 /// How often a missing CRD is looked for again.
 const CRD_RECHECK: Duration = Duration::from_secs(5);
 
@@ -367,29 +410,20 @@ pub async fn wait_for_crd(
             .map(|ns| Api::namespaced(client.clone(), ns))
             .collect()
     };
-    let crd = format!("{}.{}", AssumedRole::plural(&()), AssumedRole::group(&()));
+    let policies: Api<crate::policy::AssumedRolePolicy> = Api::all(client.clone());
     let mut said = None;
     loop {
+        let one = kube::api::ListParams::default().limit(1);
         let mut problem = None;
         for api in &apis {
-            match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    problem = Some(format!(
-                        "the CustomResourceDefinition {crd} is not installed; install it with `kubectl apply -f crds/` \
-                         (or the chart's crds/), and the operator starts serving at once"
-                    ));
-                    break;
-                }
-                Err(e) => {
-                    problem = Some(format!("cannot list AssumedRoles: {}", crate::api_message(&e)));
-                    break;
-                }
-            }
+            problem = problem.or(crd_problem::<AssumedRole>(api.list_metadata(&one).await.map(|_| ())));
         }
+        problem = problem.or(crd_problem::<crate::policy::AssumedRolePolicy>(
+            policies.list_metadata(&one).await.map(|_| ()),
+        ));
         let Some(problem) = problem else {
             if said.is_some() {
-                info!(crd = %crd, "the CustomResourceDefinition is installed");
+                info!("the CustomResourceDefinitions are installed");
             }
             return true;
         };

@@ -45,7 +45,17 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// A fresh namespace, and an AssumedRolePolicy of the same name that
+    /// lets it assume any role from any source: what the tests that are not
+    /// about policies need.
     pub async fn create(client: &Client, prefix: &str) -> Self {
+        let ns = Self::without_policy(client, prefix).await;
+        allow(&ns.name, &ns.name, &["arn:*:iam::*:role/*"]);
+        ns
+    }
+
+    /// A fresh namespace that no policy of its own covers.
+    pub async fn without_policy(client: &Client, prefix: &str) -> Self {
         let name = format!("{prefix}-{:08x}", rand_u32());
         let ns = Namespace {
             metadata: ObjectMeta {
@@ -64,12 +74,31 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        for kind in ["assumedrolepolicy", "namespace"] {
+            let _ = Command::new("kubectl")
+                .args(["delete", kind, &self.name, "--wait=false", "--ignore-not-found"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// Applies the AssumedRolePolicy `name`, letting the namespace `namespace`
+/// assume the roles matching `roles` from any source.
+pub fn allow(name: &str, namespace: &str, roles: &[&str]) {
+    let policy = serde_json::json!({
+        "apiVersion": "sts.refresh.dev/v1alpha1",
+        "kind": "AssumedRolePolicy",
+        "metadata": {"name": name},
+        "spec": {"namespaces": {"names": [namespace]}, "roleArns": roles},
+    });
+    let out = kubectl(&["apply", "-f", "-"], Some(&policy.to_string()));
+    assert!(
+        out.status.success(),
+        "applying AssumedRolePolicy {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn rand_u32() -> u32 {
@@ -119,7 +148,7 @@ impl Operator {
             .args(base)
             .args(["--admin-address", "127.0.0.1:0", "--log-format", "text"])
             .args(args)
-            .env("LOG_LEVEL", "info,assumed_role_operator=debug")
+            .env("LOG_LEVEL", "info,assumed_role_operator=debug,kube_runtime=debug")
             .stdout(file.try_clone().expect("log file"))
             .stderr(file);
         for (k, v) in env {
@@ -228,6 +257,19 @@ fn kill(child: &mut Child) {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.stop();
+        // A failing test shows what the operator said last.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let _ = std::fs::write(
+                std::env::temp_dir().join(format!("aro-failed-{}.log", std::process::id())),
+                &log,
+            );
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the operator's log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
