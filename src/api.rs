@@ -806,6 +806,53 @@ mod tests {
     }
 
     #[test]
+    fn a_source_names_one_identity_and_web_identity_refuses_what_it_cannot_carry() {
+        let role = "arn:aws:iam::123456789012:role/reader";
+        for good in [
+            json!({}),
+            json!({"serviceAccountName": "app", "audience": "sts.example.com"}),
+            json!({"secretRef": {"name": "keys", "accessKeyIdKey": "id"}}),
+            json!({"assumedRoleRef": {"name": "base"}}),
+        ] {
+            let spec = json!({"roleArn": role, "source": good});
+            assert_eq!(cel(spec.clone()), Ok(()), "{spec}");
+            assert_eq!(rust(spec.clone()).map_err(|e| e.to_string()), Ok(()), "{spec}");
+        }
+        for (bad, field) in [
+            (
+                json!({"source": {"serviceAccountName": "app", "secretRef": {"name": "keys"}}}),
+                "spec.source",
+            ),
+            (json!({"source": {"audience": "x"}}), "spec.source.audience"),
+            (
+                json!({"source": {"serviceAccountName": "App_1"}}),
+                "spec.source.serviceAccountName",
+            ),
+            (
+                json!({"source": {"secretRef": {"name": "Keys"}}}),
+                "spec.source.secretRef.name",
+            ),
+            (
+                json!({"source": {"serviceAccountName": "app"}, "tags": {"a": "b"}}),
+                "spec.tags",
+            ),
+            (
+                json!({"source": {"serviceAccountName": "app"}, "externalId": "abc"}),
+                "spec.externalId",
+            ),
+        ] {
+            let mut spec = bad.clone();
+            spec["roleArn"] = json!(role);
+            let from_cel = cel(spec.clone()).err().unwrap_or_default();
+            assert!(from_cel.contains(field), "CEL on {bad}: {from_cel}");
+            let from_rust = rust(spec)
+                .map(|()| String::new())
+                .unwrap_or_else(|e| e.field.to_string());
+            assert!(from_rust.starts_with(field), "Rust on {bad}: {from_rust}");
+        }
+    }
+
+    #[test]
     fn valid_role_arns_pass_both_cel_and_rust() {
         for arn in [
             "arn:aws:iam::123456789012:role/reader",

@@ -70,6 +70,10 @@ pub struct AssumeRoleRequest {
     pub transitive_tag_keys: Vec<String>,
     /// Source identity.
     pub source_identity: Option<String>,
+    /// What identifies `spec.source` (see [`crate::source::identity`]); not
+    /// sent to STS, but part of the spec hash. `None` for the operator's
+    /// own identity.
+    pub source: Option<String>,
 }
 
 impl AssumeRoleRequest {
@@ -79,13 +83,14 @@ impl AssumeRoleRequest {
         Self {
             role_arn: spec.role_arn.clone(),
             role_session_name: ar.role_session_name(),
-            duration_seconds: spec.duration_seconds(),
+            duration_seconds: crate::source::duration(spec.duration_seconds(), &spec.source).0,
             external_id: spec.external_id.clone(),
             policy: spec.policy.clone(),
             policy_arns: spec.policy_arns.clone(),
             tags: spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             transitive_tag_keys: spec.transitive_tag_keys.clone(),
             source_identity: spec.source_identity.clone(),
+            source: None,
         }
     }
 

@@ -88,9 +88,11 @@ pub fn credentials(expiration: Timestamp) -> Credentials {
 /// with a lifetime of `lifetime`.
 pub fn owned_secret(ar: &AssumedRole, age: SignedDuration, lifetime: SignedDuration) -> Secret {
     let issued = Timestamp::from_second((Timestamp::now() - age).as_second()).expect("time");
-    let hash = secret::spec_hash(&AssumeRoleRequest::for_resource(ar));
+    let mut request = AssumeRoleRequest::for_resource(ar);
+    request.source = crate::source::identity(&ar.spec.source, crate::source::DEFAULT_AUDIENCE);
+    let hash = secret::spec_hash(&request);
     let owner = ar.controller_owner_ref(&()).expect("owner");
-    let mut s = secret::render_secret(ar, owner, &credentials(issued + lifetime), issued, &hash, KEY);
+    let mut s = secret::render_secret(ar, owner, &credentials(issued + lifetime), issued, &hash, None, KEY);
     s.metadata.resource_version = Some("1".into());
     s
 }
@@ -130,7 +132,7 @@ impl FakeSts {
 }
 
 impl crate::sts::Sts for FakeSts {
-    fn assume_role<'a>(&'a self, _request: &'a AssumeRoleRequest) -> StsFuture<'a> {
+    fn assume_role<'a>(&'a self, _request: &'a AssumeRoleRequest, _signer: &'a crate::sts::Signer) -> StsFuture<'a> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let answer = self.answer.lock().expect("lock").clone();
         Box::pin(ready(answer))

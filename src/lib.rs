@@ -30,6 +30,7 @@ pub mod plan;
 pub mod policy;
 pub mod schedule;
 pub mod secret;
+pub mod source;
 pub mod status;
 pub mod sts;
 
@@ -68,6 +69,24 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Asking the API server for a ServiceAccount's token failed.
+    #[error("requesting a token for ServiceAccount {name} (spec.source.serviceAccountName): {}", api_message(.source))]
+    RequestToken {
+        /// The ServiceAccount's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading what `spec.source` names failed.
+    #[error("reading {what}: {}", api_message(.source))]
+    GetSource {
+        /// What, in words that name the field.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The object lacks metadata the API server always sets.
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
@@ -79,9 +98,11 @@ impl Error {
     pub fn reason(&self) -> outcome::Reason {
         use outcome::Reason;
         let api = match self {
-            Self::GetSecret { source, .. } | Self::ApplySecret { source, .. } | Self::HmacKey { source, .. } => {
-                Some(source)
-            }
+            Self::GetSecret { source, .. }
+            | Self::ApplySecret { source, .. }
+            | Self::HmacKey { source, .. }
+            | Self::RequestToken { source, .. }
+            | Self::GetSource { source, .. } => Some(source),
             Self::PatchStatus(source) => Some(source),
             Self::MissingMetadata(_) => None,
         };
@@ -99,6 +120,7 @@ impl Error {
             Self::GetSecret { .. } | Self::HmacKey { .. } => Reason::GetSecret,
             Self::ApplySecret { .. } => Reason::ApplySecret,
             Self::PatchStatus(_) => Reason::PatchStatus,
+            Self::RequestToken { .. } | Self::GetSource { .. } => Reason::SourceUnavailable,
             Self::MissingMetadata(_) => Reason::MissingMetadata,
         }
     }

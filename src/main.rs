@@ -11,6 +11,7 @@ use assumed_role_operator::{
     controller::{self, Context, Settings},
     endpoint, hmac_key, leader,
     policy::AssumedRolePolicy,
+    source,
     sts::AwsSts,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -95,6 +96,11 @@ struct RunArgs {
     /// role's trust policy must then allow `sts:TagSession`.
     #[arg(long, env = "SESSION_TAGS", default_value_t = false)]
     session_tags: bool,
+    /// Audience of the ServiceAccount tokens that `spec.source.serviceAccountName`
+    /// asks for, when the AssumedRole names none: the audience the role's
+    /// OIDC identity provider expects.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = source::DEFAULT_AUDIENCE)]
+    token_audience: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -144,6 +150,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease_duration_seconds = args.lease_duration_seconds,
         concurrency = args.concurrency,
         session_tags = args.session_tags,
+        token_audience = %args.token_audience,
         admin_address = %args.admin_address,
         credentials = %credentials,
         sts_endpoint = %sts_endpoint,
@@ -161,6 +168,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sts = Arc::new(AwsSts::from_env().await);
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
     ctx.session_tags = args.session_tags;
+    ctx.token_audience = args.token_audience;
     let ctx = Arc::new(ctx);
     let settings = Settings {
         namespaces: args.watch_namespaces,

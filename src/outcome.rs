@@ -29,6 +29,8 @@ pub enum Reason {
     /// `RefreshAdjusted`: the setting is longer than the lifetime STS
     /// granted, so the default is used.
     FellBackToDefault,
+    /// `DurationAdjusted`: a chained session asks for at most an hour.
+    ClampedForChaining,
     /// Nothing was tried: the reconcile only waited out the backoff of
     /// earlier failures.
     BackingOff,
@@ -44,6 +46,12 @@ pub enum Reason {
     /// No `AssumedRolePolicy` allows this namespace to assume this role
     /// (with this duration and source).
     PolicyDenied,
+    /// The identity that `spec.source` names cannot be had: the
+    /// ServiceAccount, the Secret or its keys, or the other AssumedRole's
+    /// credentials are missing.
+    SourceUnavailable,
+    /// `spec.source.assumedRoleRef` leads back to where it started.
+    SourceCycle,
     /// STS refused: the operator may not assume the role.
     AccessDenied,
     /// STS asked the operator to slow down.
@@ -90,12 +98,15 @@ impl Reason {
             Self::SecretRemoved => "SecretRemoved",
             Self::ClampedToFloor => "ClampedToFloor",
             Self::FellBackToDefault => "FellBackToDefault",
+            Self::ClampedForChaining => "ClampedForChaining",
             Self::BackingOff => "BackingOff",
             Self::Suspended => "Suspended",
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretConflict => "SecretConflict",
             Self::SecretContested => "SecretContested",
             Self::PolicyDenied => "PolicyDenied",
+            Self::SourceUnavailable => "SourceUnavailable",
+            Self::SourceCycle => "SourceCycle",
             Self::AccessDenied => "AccessDenied",
             Self::Throttled => "Throttled",
             Self::StsUnavailable => "STSUnavailable",
@@ -118,10 +129,13 @@ impl Reason {
             | Self::SecretUpdated
             | Self::SecretRemoved
             | Self::ClampedToFloor
-            | Self::FellBackToDefault => Retry::AtRefresh,
+            | Self::FellBackToDefault
+            | Self::ClampedForChaining => Retry::AtRefresh,
             Self::Suspended | Self::SecretContested | Self::BackingOff => Retry::Never,
             Self::InvalidSpec | Self::MissingMetadata | Self::PolicyDenied => Retry::OnChange,
             Self::SecretConflict
+            | Self::SourceUnavailable
+            | Self::SourceCycle
             | Self::AccessDenied
             | Self::Throttled
             | Self::StsUnavailable
@@ -156,11 +170,14 @@ impl Reason {
             | Self::SecretUpdated
             | Self::SecretRemoved
             | Self::ClampedToFloor
-            | Self::FellBackToDefault => "success",
+            | Self::FellBackToDefault
+            | Self::ClampedForChaining => "success",
             Self::Suspended => "suspended",
             Self::BackingOff => "backoff",
             Self::InvalidSpec | Self::MissingMetadata => "invalid_spec",
             Self::PolicyDenied => "policy_denied",
+            Self::SourceUnavailable => "source_unavailable",
+            Self::SourceCycle => "invalid_spec",
             Self::SecretConflict | Self::SecretContested => "secret_conflict",
             Self::AccessDenied | Self::NoCredentials => "sts_denied",
             Self::Throttled | Self::StsUnavailable => "sts_unavailable",
@@ -213,8 +230,11 @@ impl From<crate::sts::StsError> for Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 23] = [
+    const ALL: [Reason; 26] = [
+        Reason::ClampedForChaining,
         Reason::PolicyDenied,
+        Reason::SourceUnavailable,
+        Reason::SourceCycle,
         Reason::BackingOff,
         Reason::CredentialsReady,
         Reason::CredentialsRefreshed,

@@ -11,12 +11,13 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     Error,
-    api::{AssumedRole, AssumedRoleStatus, RefreshBefore},
+    api::{AssumedRole, AssumedRoleStatus, RefreshBefore, SourceKind},
     credentials::{AssumeRoleRequest, Credentials},
     outcome::{Failure, Reason},
     policy::{self, AssumedRolePolicy, Verdict},
     schedule::{self, Refresh},
     secret::{self, Observed},
+    source,
 };
 
 /// How long a decision waits for the namespace's labels to reach the cache.
@@ -78,6 +79,9 @@ pub struct Held {
     /// Restores of this set into this Secret after another writer changed
     /// or deleted it.
     pub restores: u32,
+    /// The keyed hash of the static keys (`spec.source.secretRef`) they
+    /// were minted with.
+    pub source_key: Option<String>,
 }
 
 /// Failures this process remembers for one AssumedRole. The status holds the
@@ -159,6 +163,12 @@ pub struct Facts<'a> {
     /// Whether the operator tags each session with the AssumedRole's
     /// namespace and name (`--session-tags`).
     pub session_tags: bool,
+    /// The audience of ServiceAccount tokens when the spec names none
+    /// (`--token-audience`).
+    pub token_audience: &'a str,
+    /// For `spec.source.secretRef`: the keyed hash of the access key ID the
+    /// Secret holds now, once read; `None` when unreadable.
+    pub source_key: Option<&'a str>,
     /// Every AssumedRolePolicy, from the watch cache.
     pub policies: &'a [Arc<AssumedRolePolicy>],
     /// The labels of the AssumedRole's namespace; `None` while the cache
@@ -248,12 +258,15 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         secret,
         api_seen,
         session_tags,
+        token_audience,
+        source_key,
         policies,
         namespace_labels,
         now,
     } = *facts;
     let status = ar.status.clone().unwrap_or_default();
     let mut request = AssumeRoleRequest::for_resource(ar);
+    request.source = source::identity(&ar.spec.source, token_audience);
     // Who may assume what comes first: a revoked grant takes effect at
     // once, whatever the backoff or suspension, and a denied one never
     // reaches STS.
@@ -323,7 +336,12 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     let Some(view) = secret else {
         return Plan::ReadSecret;
     };
-    if session_tags && let Err(invalid) = request.tag_with_origin(&target.namespace, &target.name) {
+    // A web identity session takes its tags from the token, not the call.
+    let web_identity = ar.spec.source.kind() == SourceKind::ServiceAccount;
+    if session_tags
+        && !web_identity
+        && let Err(invalid) = request.tag_with_origin(&target.namespace, &target.name)
+    {
         return fail(Reason::InvalidSpec, invalid.to_string(), None);
     }
     let hash = secret::spec_hash(&request);
@@ -348,7 +366,10 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
                     serving = Some(Serving { expires });
                 }
                 let refresh = refresh_for(&target.uid, issued, expires, setting);
-                if now < refresh.at {
+                // New static keys in the source Secret: mint with them now,
+                // while the credentials in the Secret still serve.
+                let new_keys = source_key.is_some_and(|k| owned.source_key.as_deref() != Some(k));
+                if now < refresh.at && !new_keys {
                     // What this process learned when it minted these
                     // credentials beats the status in the cache, which can
                     // lag behind its own last write.
@@ -364,6 +385,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
                         secret_name: name.clone(),
                         written: true,
                         restores: previous.filter(|p| &p.secret_name == name).map_or(0, |p| p.restores),
+                        source_key: owned.source_key.clone(),
                     };
                     let rewrite = owned.layout_hash.as_deref() != Some(secret::layout_hash(ar).as_str());
                     return Plan::Keep { held, refresh, rewrite };
@@ -473,6 +495,7 @@ mod tests {
             secret_name: secret_name.into(),
             written,
             restores,
+            source_key: None,
         }
     }
 
@@ -491,6 +514,8 @@ mod tests {
             secret,
             api_seen: None,
             session_tags: false,
+            token_audience: source::DEFAULT_AUDIENCE,
+            source_key: None,
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -661,6 +686,8 @@ mod tests {
             secret,
             api_seen: None,
             session_tags: false,
+            token_audience: source::DEFAULT_AUDIENCE,
+            source_key: None,
             policies,
             namespace_labels: labels,
             now: now(),
@@ -743,6 +770,39 @@ mod tests {
     }
 
     #[test]
+    fn new_static_keys_mint_at_once_while_the_secret_still_serves() {
+        let mut ar = AssumedRole::test();
+        ar.spec.source.secret_ref = Some(crate::api::SourceSecretRef {
+            name: "keys".into(),
+            ..Default::default()
+        });
+        let view = own_secret(&ar, 10);
+        let target = Target::of(&ar).expect("target");
+        let with_key = |source_key| {
+            decide(&Facts {
+                ar: &ar,
+                target: &target,
+                held: None,
+                memory: None,
+                secret: Some(&view),
+                api_seen: None,
+                session_tags: false,
+                token_audience: source::DEFAULT_AUDIENCE,
+                source_key,
+                policies: fixtures::allowing_all(),
+                namespace_labels: Some(&fixtures::NO_LABELS),
+                now: now(),
+            })
+        };
+        // Unreadable keys change nothing while the Secret is good.
+        assert!(matches!(with_key(None), Plan::Keep { .. }));
+        let Plan::Mint { serving, .. } = with_key(Some("fingerprint of new keys")) else {
+            panic!("new keys were not used")
+        };
+        assert!(serving.is_some(), "the credentials in the Secret no longer count as serving");
+    }
+
+    #[test]
     fn a_restore_counts_and_a_rename_starts_the_count_afresh() {
         let ar = AssumedRole::test();
         let missing = SecretView::of(&ar, None, KEY);
@@ -805,6 +865,8 @@ mod tests {
             secret: None,
             api_seen: None,
             session_tags: false,
+            token_audience: source::DEFAULT_AUDIENCE,
+            source_key: None,
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -837,6 +899,8 @@ mod tests {
                 secret: None,
                 api_seen,
                 session_tags: false,
+                token_audience: source::DEFAULT_AUDIENCE,
+                source_key: None,
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),
                 now: decided,

@@ -45,6 +45,10 @@ pub const LAYOUT_HASH_ANNOTATION: &str = "sts.refresh.dev/layout-hash";
 /// that nothing the operator decides from can be changed unnoticed.
 pub const DATA_HMAC_ANNOTATION: &str = "sts.refresh.dev/data-hmac";
 
+/// Annotation: keyed hash of the access key ID that `spec.source.secretRef`
+/// held when the credentials were minted; present only with that source.
+pub const SOURCE_KEY_ANNOTATION: &str = "sts.refresh.dev/source-key";
+
 /// The annotations the operator decides from, all covered by the keyed hash.
 pub const SIGNED_ANNOTATIONS: [&str; 4] = [
     ISSUED_ANNOTATION,
@@ -92,7 +96,7 @@ pub fn endpoint_token(key: &[u8], uid: &str) -> String {
 /// Hash of the request fields that shape the credentials. A change of any of
 /// them needs new credentials; a change of anything else does not.
 pub fn spec_hash(request: &AssumeRoleRequest) -> String {
-    let canonical = json!({
+    let mut canonical = json!({
         "roleArn": request.role_arn,
         "roleSessionName": request.role_session_name,
         "durationSeconds": request.duration_seconds,
@@ -103,6 +107,11 @@ pub fn spec_hash(request: &AssumeRoleRequest) -> String {
         "transitiveTagKeys": request.transitive_tag_keys,
         "sourceIdentity": request.source_identity,
     });
+    // Only a source other than the operator's own is part of the hash, so
+    // that the hashes of AssumedRoles without one stay as they were.
+    if let Some(source) = &request.source {
+        canonical["source"] = json!(source);
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
@@ -137,6 +146,12 @@ pub fn data_hmac(key: &[u8], annotations: &BTreeMap<String, String>, data: &BTre
             }
             None => field(b"-"),
         }
+    }
+    // Signed only when present, so that the Secrets of AssumedRoles without
+    // static keys keep the hash they had; adding or removing it still shows.
+    if let Some(value) = annotations.get(SOURCE_KEY_ANNOTATION) {
+        field(b"source-key");
+        field(value.as_bytes());
     }
     for (k, v) in data {
         field(k.as_bytes());
@@ -199,6 +214,7 @@ pub fn render_secret(
     creds: &Credentials,
     issued: Timestamp,
     spec_hash: &str,
+    source_key: Option<&str>,
     hmac_key: &[u8],
 ) -> Secret {
     let token = endpoint_token(hmac_key, ar.meta().uid.as_deref().unwrap_or_default());
@@ -208,6 +224,9 @@ pub fn render_secret(
     annotations.insert(ISSUED_ANNOTATION.into(), issued.to_string());
     annotations.insert(SPEC_HASH_ANNOTATION.into(), spec_hash.into());
     annotations.insert(LAYOUT_HASH_ANNOTATION.into(), layout_hash(ar));
+    if let Some(key) = source_key {
+        annotations.insert(SOURCE_KEY_ANNOTATION.into(), key.into());
+    }
     signed(ar, owner, data, annotations, hmac_key)
 }
 
@@ -296,6 +315,8 @@ pub struct OwnedSecret {
     pub intact: bool,
     /// Whether any key of [`CREDENTIAL_KEYS`] is present.
     pub holds_credentials: bool,
+    /// The keyed hash of the static keys the credentials were minted with.
+    pub source_key: Option<String>,
 }
 
 /// Reads an existing Secret (or its absence) against the AssumedRole that
@@ -328,6 +349,7 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
         layout_hash: annotations.get(LAYOUT_HASH_ANNOTATION).cloned(),
         intact,
         holds_credentials: CREDENTIAL_KEYS.iter().any(|k| data.contains_key(*k)),
+        source_key: annotations.get(SOURCE_KEY_ANNOTATION).cloned(),
     })
 }
 
@@ -382,6 +404,7 @@ mod tests {
             &creds(),
             "2030-01-01T00:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH),
             "h",
+            None,
             b"k",
         )
     }
@@ -514,7 +537,7 @@ mod tests {
         let mut later = creds();
         later.access_key_id = "ASIALATER".into();
         let owner = ar.controller_owner_ref(&()).unwrap_or_default();
-        let next = render_secret(&ar, owner, &later, issued(), "h", b"k");
+        let next = render_secret(&ar, owner, &later, issued(), "h", None, b"k");
         assert_eq!(
             text(next.data.as_ref().unwrap_or(&BTreeMap::new()), ENDPOINT_TOKEN),
             token

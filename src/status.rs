@@ -25,6 +25,9 @@ pub const READY: &str = "Ready";
 pub const REFRESHED: &str = "Refreshed";
 /// The condition type that says a refresh setting was adjusted.
 pub const REFRESH_ADJUSTED: &str = "RefreshAdjusted";
+/// The condition type that says the lifetime asked of STS is not the
+/// spec's.
+pub const DURATION_ADJUSTED: &str = "DurationAdjusted";
 
 /// How a reconcile ended, as far as the status is concerned.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,9 @@ pub enum Report<'a> {
         refresh: Refresh,
         /// When they were obtained from STS, if this reconcile did.
         refreshed_at: Option<Timestamp>,
+        /// The `spec.durationSeconds` that a chained session could not
+        /// ask for, if any.
+        clamped_from: Option<i32>,
     },
     /// Something failed or stopped the operator.
     Failed {
@@ -70,6 +76,7 @@ pub fn next(
             held,
             refresh,
             refreshed_at,
+            clamped_from,
         } => {
             let expires = held.creds.expiration;
             let mut conditions = vec![
@@ -87,6 +94,18 @@ pub fn next(
                 ),
             ];
             conditions.extend(adjusted(old, generation, refresh.adjustment, now));
+            conditions.extend(clamped_from.map(|asked| {
+                condition(
+                    DURATION_ADJUSTED,
+                    true,
+                    Reason::ClampedForChaining,
+                    format!(
+                        "spec.durationSeconds asks for {asked} s, but STS caps a chained session \
+                         (spec.source.assumedRoleRef) at {} s, which is asked instead",
+                        crate::source::CHAINED_MAX_SECONDS
+                    ),
+                )
+            }));
             AssumedRoleStatus {
                 conditions,
                 expiration_time: Some(Time(expires)),
@@ -124,7 +143,12 @@ pub fn next(
             // The adjustment, if any, still describes the credentials in the
             // Secret.
             if serving.is_some() {
-                conditions.extend(old.conditions.iter().filter(|c| c.type_ == REFRESH_ADJUSTED).cloned());
+                conditions.extend(
+                    old.conditions
+                        .iter()
+                        .filter(|c| c.type_ == REFRESH_ADJUSTED || c.type_ == DURATION_ADJUSTED)
+                        .cloned(),
+                );
             }
             let mut status = old.clone();
             status.conditions = conditions;
@@ -225,6 +249,7 @@ mod tests {
             secret_name: "reader".into(),
             written: true,
             restores: 0,
+            source_key: None,
         }
     }
 
@@ -246,6 +271,7 @@ mod tests {
             held: &held,
             refresh,
             refreshed_at: Some(at(0)),
+            clamped_from: None,
         };
         next(&AssumedRoleStatus::default(), Some(1), "reader", report, at(0))
     }

@@ -12,7 +12,6 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sts::{
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
-    operation::assume_role::AssumeRoleError,
     types::{PolicyDescriptorType, Tag},
 };
 use jiff::Timestamp;
@@ -58,10 +57,43 @@ impl StsError {
 /// Boxed future returned by [`Sts`] methods.
 pub type StsFuture<'a> = Pin<Box<dyn Future<Output = Result<AssumedSession, StsError>> + Send + 'a>>;
 
+/// Whose identity assumes the role.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// The operator's own, from the default AWS chain.
+    Operator,
+    /// Access keys: an IAM user's from a Secret, or another AssumedRole's
+    /// temporary ones (role chaining).
+    Keys {
+        /// The access key ID.
+        access_key_id: String,
+        /// The secret access key.
+        secret_access_key: String,
+        /// The session token of temporary keys.
+        session_token: Option<String>,
+    },
+    /// A ServiceAccount token: `AssumeRoleWithWebIdentity`, which is not
+    /// signed at all.
+    WebIdentity(String),
+}
+
+impl std::fmt::Debug for Signer {
+    // Never the keys or the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Operator => "Operator",
+            Self::Keys { .. } => "Keys",
+            Self::WebIdentity(_) => "WebIdentity",
+        })
+    }
+}
+
 /// The STS operations the controller needs.
 pub trait Sts: Send + Sync {
-    /// Assumes a role.
-    fn assume_role<'a>(&'a self, request: &'a AssumeRoleRequest) -> StsFuture<'a>;
+    /// Assumes a role as `signer`: `AssumeRole`, or
+    /// `AssumeRoleWithWebIdentity` for a web identity (which takes no tags,
+    /// external ID or source identity).
+    fn assume_role<'a>(&'a self, request: &'a AssumeRoleRequest, signer: &'a Signer) -> StsFuture<'a>;
 }
 
 /// [`Sts`] backed by the AWS SDK.
@@ -132,35 +164,84 @@ pub fn sts_endpoint(var: impl Fn(&str) -> Option<String>) -> String {
 }
 
 impl Sts for AwsSts {
-    fn assume_role<'a>(&'a self, r: &'a AssumeRoleRequest) -> StsFuture<'a> {
+    fn assume_role<'a>(&'a self, r: &'a AssumeRoleRequest, signer: &'a Signer) -> StsFuture<'a> {
         Box::pin(async move {
-            let mut call = self
-                .client
-                .assume_role()
-                .role_arn(&r.role_arn)
-                .role_session_name(&r.role_session_name)
-                .duration_seconds(r.duration_seconds)
-                .set_external_id(r.external_id.clone())
-                .set_policy(r.policy.clone())
-                .set_source_identity(r.source_identity.clone());
-            for arn in &r.policy_arns {
-                call = call.policy_arns(PolicyDescriptorType::builder().arn(arn).build());
-            }
-            for (key, value) in &r.tags {
-                let tag = Tag::builder()
-                    .key(key)
-                    .value(value)
-                    .build()
-                    .map_err(|e| StsError::InvalidRequest(e.to_string()))?;
-                call = call.tags(tag);
-            }
-            for key in &r.transitive_tag_keys {
-                call = call.transitive_tag_keys(key);
-            }
-            let out = call.send().await.map_err(classify)?;
-            let creds = out
-                .credentials
-                .ok_or_else(|| StsError::Unavailable("response carried no credentials".into()))?;
+            let policy_arns: Vec<PolicyDescriptorType> = r
+                .policy_arns
+                .iter()
+                .map(|arn| PolicyDescriptorType::builder().arn(arn).build())
+                .collect();
+            let (creds, assumed_role_arn, source_identity) = match signer {
+                Signer::WebIdentity(token) => {
+                    let out = self
+                        .client
+                        .assume_role_with_web_identity()
+                        .role_arn(&r.role_arn)
+                        .role_session_name(&r.role_session_name)
+                        .web_identity_token(token)
+                        .duration_seconds(r.duration_seconds)
+                        .set_policy(r.policy.clone())
+                        .set_policy_arns(Some(policy_arns).filter(|p| !p.is_empty()))
+                        .send()
+                        .await
+                        .map_err(classify)?;
+                    (
+                        out.credentials,
+                        out.assumed_role_user.map(|u| u.arn),
+                        out.source_identity,
+                    )
+                }
+                Signer::Operator | Signer::Keys { .. } => {
+                    let mut call = self
+                        .client
+                        .assume_role()
+                        .role_arn(&r.role_arn)
+                        .role_session_name(&r.role_session_name)
+                        .duration_seconds(r.duration_seconds)
+                        .set_external_id(r.external_id.clone())
+                        .set_policy(r.policy.clone())
+                        .set_policy_arns(Some(policy_arns).filter(|p| !p.is_empty()))
+                        .set_source_identity(r.source_identity.clone());
+                    for (key, value) in &r.tags {
+                        let tag = Tag::builder()
+                            .key(key)
+                            .value(value)
+                            .build()
+                            .map_err(|e| StsError::InvalidRequest(e.to_string()))?;
+                        call = call.tags(tag);
+                    }
+                    for key in &r.transitive_tag_keys {
+                        call = call.transitive_tag_keys(key);
+                    }
+                    let out = match signer {
+                        Signer::Keys {
+                            access_key_id,
+                            secret_access_key,
+                            session_token,
+                        } => {
+                            let keys = aws_credential_types::Credentials::new(
+                                access_key_id,
+                                secret_access_key,
+                                session_token.clone(),
+                                None,
+                                "assumed-role-operator-source",
+                            );
+                            call.customize()
+                                .config_override(aws_sdk_sts::config::Config::builder().credentials_provider(keys))
+                                .send()
+                                .await
+                        }
+                        _ => call.send().await,
+                    }
+                    .map_err(classify)?;
+                    (
+                        out.credentials,
+                        out.assumed_role_user.map(|u| u.arn),
+                        out.source_identity,
+                    )
+                }
+            };
+            let creds = creds.ok_or_else(|| StsError::Unavailable("response carried no credentials".into()))?;
             let expiration = Timestamp::from_second(creds.expiration.secs())
                 .map_err(|e| StsError::Unavailable(format!("expiration out of range: {e}")))?;
             Ok(AssumedSession {
@@ -170,8 +251,8 @@ impl Sts for AwsSts {
                     session_token: creds.session_token,
                     expiration,
                 },
-                assumed_role_arn: out.assumed_role_user.map(|u| u.arn),
-                source_identity: out.source_identity,
+                assumed_role_arn,
+                source_identity,
             })
         })
     }
@@ -179,36 +260,51 @@ impl Sts for AwsSts {
 
 /// Sorts an SDK error by its code. The messages STS returns never carry
 /// credentials; the SDK's own errors are reduced to their kind and code.
-fn classify(err: SdkError<AssumeRoleError, HttpResponse>) -> StsError {
+fn classify<E>(err: SdkError<E, HttpResponse>) -> StsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     if let Some(problem) = credentials_problem(&err) {
         return StsError::NoCredentials(problem);
     }
     let (code, message, http_status) = match &err {
         SdkError::ServiceError(service) => {
             let modeled = service.err();
-            let message = modeled.message().unwrap_or_default().to_string();
+            // An error the SDK could not read (an STS-compatible endpoint
+            // with another envelope, such as `<Errors><Error>`) still says
+            // what it is in its body; a modeled error without metadata names
+            // its kind first in its Display.
+            let body = service
+                .raw()
+                .body()
+                .bytes()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let tag = |name: &str| {
+                let open = format!("<{name}>");
+                let start = body.find(&open)? + open.len();
+                let end = body[start..].find(&format!("</{name}>"))?;
+                Some(body[start..start + end].trim().to_string()).filter(|t| !t.is_empty())
+            };
             let described = modeled.to_string();
-            // The modeled errors say what they are whatever their metadata.
-            match modeled {
-                AssumeRoleError::ExpiredTokenException(_) => {
-                    return StsError::AccessDenied(described.clone());
-                }
-                AssumeRoleError::MalformedPolicyDocumentException(_) => {
-                    return StsError::InvalidRequest(described.clone());
-                }
-                AssumeRoleError::PackedPolicyTooLargeException(_) => {
-                    return StsError::InvalidRequest(described.clone());
-                }
-                AssumeRoleError::RegionDisabledException(_) => {
-                    return StsError::InvalidRequest(described.clone());
-                }
-                _ => {}
-            }
-            (
-                modeled.code().unwrap_or("Unknown").to_string(),
-                message,
-                service.raw().status().as_u16(),
-            )
+            let code = modeled
+                .code()
+                .map(str::to_string)
+                .or_else(|| tag("Code"))
+                .or_else(|| {
+                    described
+                        .split_once(':')
+                        .map(|(kind, _)| kind.trim().to_string())
+                        .filter(|k| !k.contains(' '))
+                })
+                .unwrap_or_else(|| "Unknown".into());
+            let message = modeled
+                .message()
+                .map(str::to_string)
+                .or_else(|| tag("Message"))
+                .or_else(|| described.split_once(':').map(|(_, m)| m.trim().to_string()))
+                .unwrap_or_default();
+            (code, message, service.raw().status().as_u16())
         }
         SdkError::TimeoutError(_) => return StsError::Unavailable("request timed out".into()),
         SdkError::DispatchFailure(_) => return StsError::Unavailable("could not connect to STS".into()),
@@ -222,21 +318,27 @@ fn classify(err: SdkError<AssumeRoleError, HttpResponse>) -> StsError {
         format!("{code}: {message}")
     };
     match code.as_str() {
+        // A token the role's identity provider does not accept is the
+        // trust policy's refusal, as much as an AccessDenied is.
         "AccessDenied"
         | "AccessDeniedException"
         | "InvalidClientTokenId"
         | "ExpiredToken"
+        | "ExpiredTokenException"
         | "SignatureDoesNotMatch"
-        | "UnrecognizedClientException" => StsError::AccessDenied(text),
+        | "UnrecognizedClientException"
+        | "InvalidIdentityToken"
+        | "IDPRejectedClaim" => StsError::AccessDenied(text),
         "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException" => {
             StsError::Throttled(text)
         }
         "ValidationError"
         | "MalformedPolicyDocument"
+        | "MalformedPolicyDocumentException"
         | "PackedPolicyTooLarge"
+        | "PackedPolicyTooLargeException"
         | "InvalidParameterValue"
-        | "RegionDisabledException"
-        | "InvalidIdentityToken" => StsError::InvalidRequest(text),
+        | "RegionDisabledException" => StsError::InvalidRequest(text),
         // An error body the SDK could not read: go by the HTTP status.
         _ => match http_status {
             401 | 403 => StsError::AccessDenied(text),
@@ -294,6 +396,7 @@ mod tests {
             tags: vec![("team".into(), "billing".into())],
             transitive_tag_keys: vec![],
             source_identity: None,
+            source: None,
         }
     }
 
@@ -308,7 +411,7 @@ mod tests {
     async fn call(rule: aws_smithy_mocks::Rule) -> Result<AssumedSession, StsError> {
         let client = mock_client!(aws_sdk_sts, RuleMode::Sequential, &[&rule], |c| c
             .retry_config(RetryConfig::disabled()));
-        AwsSts::new(client).assume_role(&request()).await
+        AwsSts::new(client).assume_role(&request(), &Signer::Operator).await
     }
 
     #[tokio::test]
@@ -342,7 +445,7 @@ mod tests {
             .retry_config(RetryConfig::disabled())
             .build();
         let err = AwsSts::new(Client::from_conf(config))
-            .assume_role(&request())
+            .assume_role(&request(), &Signer::Operator)
             .await
             .expect_err("no credentials");
         assert_eq!(err.reason(), "NoCredentials", "{err}");
@@ -362,7 +465,7 @@ mod tests {
             .retry_config(RetryConfig::disabled())
             .build();
         let err = AwsSts::new(Client::from_conf(config))
-            .assume_role(&request())
+            .assume_role(&request(), &Signer::Operator)
             .await
             .expect_err("nothing listens on port 9");
         assert_eq!(err.reason(), "STSUnavailable", "{err}");
@@ -376,6 +479,24 @@ mod tests {
             });
             assert_eq!(call(rule).await.map_err(|e| e.reason()).err(), Some(reason), "{status}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_error_in_another_envelope_is_read_from_its_body() {
+        // What moto answers for a key it does not know: <Errors><Error>,
+        // which the SDK's STS parser does not read.
+        let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<ErrorResponse><Errors><Error>\
+                    <Code>InvalidClientTokenId</Code><Message>The security token included in the request is \
+                    invalid.</Message><Type>Sender</Type></Error></Errors></ErrorResponse>";
+        let rule = mock!(Client::assume_role)
+            .then_http_response(move || HttpResponse::new(403.try_into().expect("status"), SdkBody::from(body)));
+        let err = call(rule).await.expect_err("an error");
+        assert_eq!(
+            err,
+            StsError::AccessDenied(
+                "InvalidClientTokenId: The security token included in the request is invalid.".into()
+            )
+        );
     }
 
     #[tokio::test]

@@ -326,6 +326,7 @@ async fn the_charts_own_rbac_is_enough_for_the_main_scenario() {
     let operator = release.operator("aro-rbac-assumed-role-operator", dir.path());
     let ns = TestNamespace::create(&client, "chart-rbac").await;
     main_scenario(&client, &ns.name).await;
+    every_source(&client, &ns.name).await;
     let log = operator.output();
     assert!(
         log.contains("acquired the leader lease"),
@@ -334,6 +335,30 @@ async fn the_charts_own_rbac_is_enough_for_the_main_scenario() {
     // RBAC refusals read "... is forbidden: User \"system:serviceaccount:...\" cannot ...". (Other
     // 403s, such as writes into namespaces that other tests are deleting, are not RBAC's.)
     assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
+}
+
+/// An AssumedRole of each source in `ns` becomes Ready: a ServiceAccount's
+/// token (TokenRequest), static keys from a Secret (reading it), and another
+/// AssumedRole's credentials. Whatever RBAC each needs, the operator has.
+async fn every_source(client: &kube::Client, ns: &str) {
+    let out = kubectl(&["create", "serviceaccount", "app", "-n", ns], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: keys, namespace: {ns}}}\n\
+         stringData: {{AWS_ACCESS_KEY_ID: AKIASTATICKEYEXAMPLE, AWS_SECRET_ACCESS_KEY: static-secret}}\n"
+    ));
+    apply(&assumed_role(ns, "base", ""));
+    for (name, source) in [
+        ("web", "{serviceAccountName: app}"),
+        ("static", "{secretRef: {name: keys}}"),
+        ("chained", "{assumedRoleRef: {name: base}}"),
+    ] {
+        apply(&assumed_role(ns, name, &format!("  source: {source}\n")));
+    }
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), ns);
+    for name in ["base", "web", "static", "chained"] {
+        wait_ready(&roles, name, "True", "CredentialsReady").await;
+    }
 }
 
 #[tokio::test]

@@ -4,11 +4,16 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Secret, ServiceAccount},
+};
 use kube::{
     Api, Resource,
-    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{controller::Action, events::EventType},
 };
 use serde_json::json;
@@ -21,9 +26,9 @@ use crate::{
     outcome::{Failure, Reason, Retry},
     plan::{self, Facts, Held, Plan, Remembered, SecretView, Serving, Target},
     schedule::{self, Refresh},
-    secret,
+    secret, source,
     status::{self, Report},
-    sts::AssumedSession,
+    sts::{AssumedSession, Signer},
 };
 
 /// Decides, carries the plan out, and reports; returns the requeue and the
@@ -34,6 +39,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
     let policies = ctx.grants.policies();
     let labels = ctx.grants.labels(&target.namespace);
     let mut view = None;
+    let mut source_key = None;
     // At most two rounds: the second one with the Secret read.
     for _ in 0..2 {
         let facts = Facts {
@@ -44,6 +50,8 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             secret: view.as_ref(),
             api_seen: ctx.api_seen(),
             session_tags: ctx.session_tags,
+            token_audience: &ctx.token_audience,
+            source_key: source_key.as_deref(),
             policies: &policies,
             namespace_labels: labels.as_ref(),
             now,
@@ -53,6 +61,16 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
                 let answer = bounded(api.get_opt(&target.secret_name)).await;
                 ctx.api_answered(!matches!(&answer, Err(e) if unreachable(e)));
+                // Static keys of `spec.source.secretRef` are part of what the
+                // credentials were minted from: new keys mean new credentials.
+                if ar.spec.source.secret_ref.is_some() {
+                    source_key = static_keys(ar, ctx, target).await.ok().and_then(|signer| match signer {
+                        Signer::Keys { access_key_id, .. } => {
+                            Some(source::key_fingerprint(&ctx.hmac_key, &access_key_id))
+                        }
+                        _ => None,
+                    });
+                }
                 match answer {
                     Ok(secret) => view = Some(SecretView::of(ar, secret.as_ref(), &ctx.hmac_key)),
                     Err(source) => {
@@ -127,8 +145,18 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 setting,
                 serving,
             } => {
-                debug!(role = %request.role_arn, session = %request.role_session_name, "assuming role");
-                let outcome = ctx.sts.assume_role(&request).await;
+                let signer = match signer_for(ar, ctx, target, now).await {
+                    Ok(signer) => signer,
+                    Err(failure) => return failed(ar, ctx, target, failure, serving, now).await,
+                };
+                debug!(role = %request.role_arn, session = %request.role_session_name, source = ?signer, "assuming role");
+                let minted_with = match (&ar.spec.source.secret_ref, &signer) {
+                    (Some(_), Signer::Keys { access_key_id, .. }) => {
+                        Some(source::key_fingerprint(&ctx.hmac_key, access_key_id))
+                    }
+                    _ => None,
+                };
+                let outcome = ctx.sts.assume_role(&request, &signer).await;
                 ctx.metrics
                     .sts_call(outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"));
                 let AssumedSession {
@@ -150,6 +178,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     secret_name: target.secret_name.clone(),
                     written: false,
                     restores: 0,
+                    source_key: minted_with,
                 };
                 // Held before the write: if the write fails, the retry
                 // writes this set rather than calling STS again.
@@ -162,6 +191,140 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
     }
     // The second round always has the Secret.
     (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
+}
+
+/// The identity that assumes the role, as `spec.source` says: the
+/// operator's own, a ServiceAccount's token, static keys from a Secret, or
+/// another AssumedRole's credentials. A failure names the field.
+async fn signer_for(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> Result<Signer, Failure> {
+    let spec = &ar.spec.source;
+    if let Some(name) = &spec.service_account_name {
+        let audience = spec.audience.clone().unwrap_or_else(|| ctx.token_audience.clone());
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience],
+                expiration_seconds: Some(source::TOKEN_SECONDS),
+                bound_object_ref: None,
+            },
+            ..TokenRequest::default()
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &target.namespace);
+        let answer = bounded(api.create_token_request(name, &PostParams::default(), &request)).await;
+        ctx.api_answered(!matches!(&answer, Err(e) if unreachable(e)));
+        return match answer {
+            Ok(TokenRequest {
+                status: Some(status), ..
+            }) if !status.token.is_empty() => Ok(Signer::WebIdentity(status.token)),
+            Ok(_) => Err(Failure::new(
+                Reason::SourceUnavailable,
+                format!("the API server issued no token for ServiceAccount {name} (spec.source.serviceAccountName)"),
+            )),
+            Err(source) => Err(Failure::from(&Error::RequestToken {
+                name: name.clone(),
+                source,
+            })),
+        };
+    }
+    if spec.secret_ref.is_some() {
+        return static_keys(ar, ctx, target).await;
+    }
+    if let Some(upstream) = &spec.assumed_role_ref {
+        return chained_keys(ar, ctx, target, &upstream.name, now).await;
+    }
+    Ok(Signer::Operator)
+}
+
+/// The static keys in the Secret that `spec.source.secretRef` names.
+async fn static_keys(ar: &AssumedRole, ctx: &Context, target: &Target) -> Result<Signer, Failure> {
+    let Some(reference) = &ar.spec.source.secret_ref else {
+        return Ok(Signer::Operator);
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    let what = format!("Secret {} (spec.source.secretRef)", reference.name);
+    let secret = match bounded(api.get_opt(&reference.name)).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(Failure::new(
+                Reason::SourceUnavailable,
+                format!("{what} does not exist in namespace {}", target.namespace),
+            ));
+        }
+        Err(source) => return Err(Failure::from(&Error::GetSource { what, source })),
+    };
+    source::keys_from(
+        &reference.name,
+        secret.data.as_ref(),
+        reference.access_key_id_key(),
+        reference.secret_access_key_key(),
+    )
+    .map_err(|message| Failure::new(Reason::SourceUnavailable, message))
+}
+
+/// The credentials of the AssumedRole `upstream` of the same namespace,
+/// read from its Secret (checked as its own reconcile checks it), for role
+/// chaining. A loop of references is refused.
+async fn chained_keys(
+    ar: &AssumedRole,
+    ctx: &Context,
+    target: &Target,
+    upstream: &str,
+    now: Timestamp,
+) -> Result<Signer, Failure> {
+    let namespace = target.namespace.clone();
+    let peers: Vec<Arc<AssumedRole>> = (0..source::MAX_CHAIN)
+        .scan(Some(upstream.to_string()), |next, _| {
+            let found = next.take().and_then(|name| ctx.assumed_role(&namespace, &name));
+            *next = found
+                .as_ref()
+                .and_then(|a| a.spec.source.assumed_role_ref.as_ref())
+                .map(|r| r.name.clone());
+            found.map(Some)
+        })
+        .flatten()
+        .collect();
+    let lookup = |name: &str| {
+        peers
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .map(Arc::as_ref)
+    };
+    if let Some(path) = source::cycle(ar, lookup) {
+        return Err(Failure::new(
+            Reason::SourceCycle,
+            format!(
+                "spec.source.assumedRoleRef leads back to where it started ({}); role chaining needs a chain that ends \
+                 with an AssumedRole whose source is not another AssumedRole",
+                path.join(" -> ")
+            ),
+        ));
+    }
+    let what = format!("AssumedRole {upstream} (spec.source.assumedRoleRef)");
+    let Some(other) = lookup(upstream) else {
+        return Err(Failure::new(
+            Reason::SourceUnavailable,
+            format!("{what} does not exist in namespace {namespace}"),
+        ));
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = bounded(api.get_opt(&other.secret_name())).await.map_err(|source| {
+        Failure::from(&Error::GetSource {
+            what: what.clone(),
+            source,
+        })
+    })?;
+    let view = SecretView::of(other, secret.as_ref(), &ctx.hmac_key);
+    match view.credentials {
+        // STS refuses keys that expire while it answers: keep a minute.
+        Some(creds) if now + jiff::SignedDuration::from_secs(60) < creds.expiration => Ok(Signer::Keys {
+            access_key_id: creds.access_key_id,
+            secret_access_key: creds.secret_access_key,
+            session_token: Some(creds.session_token),
+        }),
+        _ => Err(Failure::new(
+            Reason::SourceUnavailable,
+            format!("{what} has no valid credentials in its Secret yet; retrying once it has"),
+        )),
+    }
 }
 
 /// Writes the Secret when `written` names why (then removes Secrets left
@@ -205,6 +368,7 @@ async fn write_and_report(
         held: &held,
         refresh,
         refreshed_at,
+        clamped_from: source::duration(ar.spec.duration_seconds(), &ar.spec.source).1,
     };
     let new = status::next(&old, target.generation, &target.secret_name, report, now);
     if let Some((reason, note)) = &written {
@@ -354,7 +518,15 @@ async fn failed(
 
 async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &Held) -> Result<()> {
     let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
-    let desired = secret::render_secret(ar, owner, &held.creds, held.issued, &held.spec_hash, &ctx.hmac_key);
+    let desired = secret::render_secret(
+        ar,
+        owner,
+        &held.creds,
+        held.issued,
+        &held.spec_hash,
+        held.source_key.as_deref(),
+        &ctx.hmac_key,
+    );
     apply(ctx, target, &desired).await
 }
 

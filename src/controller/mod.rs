@@ -57,6 +57,12 @@ pub struct Context {
     pub session_tags: bool,
     /// Every AssumedRolePolicy and namespace's labels, cached.
     pub grants: Grants,
+    /// Audience of ServiceAccount tokens when the spec names none
+    /// (`--token-audience`).
+    pub token_audience: String,
+    /// The caches of AssumedRoles, one per watched scope, filled by [`run`]:
+    /// where `spec.source.assumedRoleRef` is looked up.
+    roles: Mutex<Vec<reflector::Store<AssumedRole>>>,
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
     owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
@@ -89,6 +95,8 @@ impl Context {
             memory: Memory::default(),
             session_tags: false,
             grants: Grants::default(),
+            token_audience: crate::source::DEFAULT_AUDIENCE.into(),
+            roles: Mutex::default(),
             owned_secrets: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),
             api_down: std::sync::atomic::AtomicBool::new(false),
@@ -121,6 +129,14 @@ impl Context {
     fn api_seen(&self) -> Option<Timestamp> {
         let millis = self.api_seen.load(std::sync::atomic::Ordering::Relaxed);
         (millis > 0).then(|| Timestamp::from_millisecond(millis).ok()).flatten()
+    }
+
+    /// The AssumedRole `name` of `namespace`, from the cache.
+    fn assumed_role(&self, namespace: &str, name: &str) -> Option<Arc<AssumedRole>> {
+        let stores = self.roles.lock().ok()?;
+        stores
+            .iter()
+            .find_map(|store| store.get(&ObjectRef::new(name).within(namespace)))
     }
 
     /// Names and UIDs of the Secrets in `namespace` that the AssumedRole
@@ -215,6 +231,9 @@ pub async fn run(
             };
             let (reader, writer) = reflector::store();
             stores.push(reader.clone());
+            if let Ok(mut roles) = ctx.roles.lock() {
+                roles.push(reader.clone());
+            }
             let (roles_synced, synced) = tokio::sync::watch::channel(false);
             ready_stores.push(synced);
             // Status writes change no generation: filtering on it keeps the
@@ -253,9 +272,31 @@ pub async fn run(
             .inspect(move |event| grants::synced_on(event, &secrets_synced))
             .touched_objects()
             .predicate_filter(predicates::resource_version, Default::default());
+            // Every other Secret, as metadata and without a cache: a change to
+            // one that `spec.source.secretRef` names (new keys) is acted on at
+            // once. The operator's own come through the watch above.
+            let others: Api<PartialObjectMeta<Secret>> = match &ns {
+                Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+                None => Api::all(ctx.client.clone()),
+            };
+            let others = watcher(
+                others,
+                watcher::Config::default()
+                    .labels(&format!("{}!={}", secret::MANAGED_BY_LABEL, secret::MANAGED_BY))
+                    .any_semantic(),
+            )
+            .default_backoff()
+            .modify(|s| {
+                s.metadata.managed_fields = None;
+                s.metadata.annotations = None;
+                s.metadata.labels = None;
+            })
+            .touched_objects()
+            .predicate_filter(predicates::resource_version, Default::default());
             let ctx = ctx.clone();
             let token = shutdown.clone();
             let wanting = reader.clone();
+            let reading = reader.clone();
             let api_back = futures::stream::unfold(ctx.api_back.subscribe(), |mut rx| async move {
                 use tokio::sync::broadcast::error::RecvError;
                 match rx.recv().await {
@@ -273,6 +314,7 @@ pub async fn run(
                 // every AssumedRole that names it: one that lost a conflict
                 // takes the name over as soon as it is free.
                 .watches_stream(owned, move |secret| interested(&wanting, &secret))
+                .watches_stream(others, move |secret| interested(&reading, &secret))
                 .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
                 .graceful_shutdown_on(async move { token.cancelled_owned().await })
                 .run(reconcile, error_policy, ctx)
@@ -355,8 +397,10 @@ pub async fn run(
 /// begins: less than the chart's `terminationGracePeriodSeconds` (30 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// The AssumedRoles that a change to `secret` concerns: its controller, and
-/// every AssumedRole in its namespace that wants a Secret of its name.
+/// The AssumedRoles that a change to `secret` concerns: its controller,
+/// every AssumedRole in its namespace that wants a Secret of its name, and
+/// every AssumedRole whose `spec.source` reads it (static keys by name, or
+/// the credentials of its controller for role chaining).
 fn interested(
     roles: &reflector::Store<AssumedRole>,
     secret: &PartialObjectMeta<Secret>,
@@ -367,12 +411,20 @@ fn interested(
         .owner_references()
         .iter()
         .find(|o| o.controller == Some(true) && o.kind == "AssumedRole")
-        .map(|o| o.uid.clone());
+        .map(|o| (o.uid.clone(), o.name.clone()));
     roles
         .state()
         .iter()
         .filter(|ar| ar.namespace() == namespace)
-        .filter(|ar| ar.secret_name() == name || (owner.is_some() && ar.uid() == owner))
+        .filter(|ar| {
+            let source = &ar.spec.source;
+            ar.secret_name() == name
+                || source.secret_ref.as_ref().is_some_and(|s| s.name == name)
+                || owner.as_ref().is_some_and(|(uid, owner_name)| {
+                    ar.uid().as_ref() == Some(uid)
+                        || source.assumed_role_ref.as_ref().is_some_and(|r| &r.name == owner_name)
+                })
+        })
         .map(|ar| ObjectRef::from_obj(ar.as_ref()))
         .collect()
 }

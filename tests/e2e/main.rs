@@ -13,4 +13,6 @@ mod lifecycle;
 mod refresh;
 mod repair;
 mod sdk;
+mod sources;
 mod support;
+mod tenancy;

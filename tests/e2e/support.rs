@@ -448,6 +448,20 @@ spec:
     )
 }
 
+/// An AssumedRole manifest named `name` in `ns` for the role `role` (a
+/// role name in the test account), with extra spec lines.
+pub fn assumed_role_for(ns: &str, name: &str, role: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: sts.refresh.dev/v1alpha1
+kind: AssumedRole
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  roleArn: arn:aws:iam::{account}:role/{role}
+{extra_spec}",
+        account = account()
+    )
+}
+
 /// Environment that points the operator at the IAM-enforcing STS, with the
 /// access key of the user that may assume only `allowed-*` roles.
 pub fn iam_enforcing_sts() -> Vec<(&'static str, String)> {

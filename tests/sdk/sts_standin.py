@@ -13,7 +13,10 @@ request goes on to moto, except that:
   refused with 403 ExpiredToken, as real STS would refuse an expired one,
   and the refusal is recorded.
 
-Each AssumeRole is recorded with its role, session name and session tags.
+Each AssumeRole and AssumeRoleWithWebIdentity is recorded with its action,
+role, session name, session tags, DurationSeconds, the fingerprint of the
+access key that signed it (empty when unsigned) and, for a web identity, the
+token itself, so that a test can check whose identity reached STS.
 Each other request is counted per caller (the `app/<id>` that an SDK adds to its
 User-Agent from AWS_SDK_UA_APP_ID) and per access key. GET /_standin/report
 returns the counts; keys appear only as short SHA-256 fingerprints.
@@ -40,7 +43,7 @@ CALLS = {}  # app -> fingerprint -> count
 SEEN = {}  # app -> fingerprints in the order first used
 REJECTED = []  # {app, key, reason}
 ASSUME_ROLE = [0]
-SESSIONS = []  # {role, session, tags} of each AssumeRole, as asked
+SESSIONS = []  # {action, role, session, tags, duration, signer, token} of each AssumeRole*, as asked
 
 
 def fingerprint(key):
@@ -92,8 +95,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         action = urllib.parse.parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
-        if action == "AssumeRole":
-            self.assume_role(body)
+        if action in ("AssumeRole", "AssumeRoleWithWebIdentity"):
+            self.assume_role(body, action)
             return
         agent = " ".join(self.headers.get(h, "") for h in ("User-Agent", "X-Amz-User-Agent"))
         app = (re.search(r"app/([A-Za-z0-9._-]+)", agent) or [None, "unknown"])[1]
@@ -125,15 +128,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         self.reply(*self.forward(body))
 
-    def assume_role(self, body):
+    def assume_role(self, body, action):
         params = urllib.parse.parse_qs(body.decode(errors="replace"))
         one = lambda name: params.get(name, [""])[0]
         tags, n = {}, 1
         while f"Tags.member.{n}.Key" in params:
             tags[one(f"Tags.member.{n}.Key")] = one(f"Tags.member.{n}.Value")
             n += 1
+        signer = re.search(r"Credential=([A-Z0-9]+)/", self.headers.get("Authorization", ""))
         with LOCK:
-            SESSIONS.append({"role": one("RoleArn"), "session": one("RoleSessionName"), "tags": tags})
+            SESSIONS.append(
+                {
+                    "action": action,
+                    "role": one("RoleArn"),
+                    "session": one("RoleSessionName"),
+                    "tags": tags,
+                    "duration": one("DurationSeconds"),
+                    "signer": fingerprint(signer.group(1)) if signer else "",
+                    "token": one("WebIdentityToken"),
+                }
+            )
         status, answer, content_type = self.forward(body)
         text = answer.decode()
         key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)

@@ -49,4 +49,9 @@ app.kubernetes.io/part-of: assumed-role-operator
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# spec.source.serviceAccountName: a short-lived token of that ServiceAccount
+# (TokenRequest). spec.source.secretRef reads Secrets with the rule above.
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
 {{- end }}
