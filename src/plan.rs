@@ -799,7 +799,10 @@ mod tests {
         let Plan::Mint { serving, .. } = with_key(Some("fingerprint of new keys")) else {
             panic!("new keys were not used")
         };
-        assert!(serving.is_some(), "the credentials in the Secret no longer count as serving");
+        assert!(
+            serving.is_some(),
+            "the credentials in the Secret no longer count as serving"
+        );
     }
 
     #[test]

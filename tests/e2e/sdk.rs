@@ -317,6 +317,40 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
 
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
+async fn the_endpoint_stops_serving_a_revoked_grant_at_once_and_serves_the_new_credentials_when_it_returns() {
+    let (scene, mount, logs, secret) = served("endpoint-revoke", &[]).await;
+    let (_endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
+    let token = data(&secret)["endpoint-token"].clone();
+    let ask = || async {
+        http_get(&address, "/v1/credentials", &[("Authorization", token.as_str())])
+            .await
+            .expect("reach the endpoint")
+    };
+    assert_eq!(ask().await.0, 200);
+    let ns = scene.ns.name.clone();
+    // The namespace's policy stops naming the role: the Secret loses its
+    // credentials, and the kubelet projects that version.
+    allow(&ns, &ns, &["arn:aws:iam::*:role/someone-else"]);
+    wait_ready(&scene.roles, "reader", "False", "PolicyDenied").await;
+    let emptied = scene.secrets.get("reader").await.expect("the Secret stays");
+    project(mount.path(), &data(&emptied), 1);
+    let (code, body) = ask().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(!body.contains(&data(&secret)["AWS_ACCESS_KEY_ID"]), "{body}");
+    let (code, _) = http_get(&address, "/readyz", &[]).await.expect("readyz");
+    assert_eq!(code, 503, "ready without credentials");
+    // The grant returns: new credentials, served as soon as they are on disk.
+    allow(&ns, &ns, &["arn:*:iam::*:role/*"]);
+    wait_ready(&scene.roles, "reader", "True", "CredentialsReady").await;
+    let refilled = scene.secrets.get("reader").await.expect("Secret");
+    project(mount.path(), &data(&refilled), 2);
+    let (code, body) = ask().await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&data(&refilled)["AWS_ACCESS_KEY_ID"]), "{body}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
 async fn the_endpoint_answers_only_the_right_token() {
     let (_scene, mount, logs, secret) = served("endpoint-token", &[]).await;
     let (endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
