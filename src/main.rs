@@ -169,6 +169,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
     ctx.session_tags = args.session_tags;
     ctx.token_audience = args.token_audience;
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let leading = args.leader_elect.then(|| {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        ctx.leading = rx;
+        tx
+    });
     let ctx = Arc::new(ctx);
     let settings = Settings {
         namespaces: args.watch_namespaces,
@@ -178,26 +187,41 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         return stop(admin_server, false).await;
     }
     let ready = state.ready.clone();
-    let lost = if args.leader_elect {
-        let identity = args
-            .pod_name
-            .clone()
-            .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        let outcome = leader::run_as_leader(
-            ctx.client.clone(),
-            &args.namespace,
-            &identity,
-            args.lease_duration_seconds,
-            state.ready.clone(),
-            shutdown.clone(),
-            |token| controller::run(ctx, settings, ready, token),
-        )
-        .await
-        .context("leader election")?;
-        outcome == leader::Outcome::Lost
-    } else {
-        controller::run(ctx, settings, ready, shutdown.clone()).await;
-        false
+    let lost = match leading {
+        Some(leading) => {
+            // Every replica runs the controller and keeps its caches warm;
+            // only the holder of the Lease reconciles. Losing the Lease stops
+            // the process; on shutdown the Lease is released only once the
+            // reconciles in flight have finished.
+            let elector = leader::elect(
+                ctx.client.clone(),
+                &args.namespace,
+                &identity,
+                std::time::Duration::from_secs(args.lease_duration_seconds),
+                leading,
+                shutdown.clone(),
+            );
+            let controller = controller::run(ctx.clone(), settings, ready, shutdown.clone());
+            tokio::pin!(controller);
+            let lost = tokio::select! {
+                lost = elector => {
+                    if lost {
+                        shutdown.cancel();
+                    }
+                    (&mut controller).await;
+                    lost
+                }
+                () = &mut controller => false,
+            };
+            if !lost {
+                leader::release(ctx.client.clone(), &args.namespace, &identity).await;
+            }
+            lost
+        }
+        None => {
+            controller::run(ctx, settings, ready, shutdown.clone()).await;
+            false
+        }
     };
     shutdown.cancel();
     stop(admin_server, lost).await

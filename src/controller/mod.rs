@@ -60,6 +60,10 @@ pub struct Context {
     /// Audience of ServiceAccount tokens when the spec names none
     /// (`--token-audience`).
     pub token_audience: String,
+    /// Whether this replica holds the leader Lease (always, without leader
+    /// election). Every replica keeps its caches warm; only the leader
+    /// reconciles.
+    pub leading: tokio::sync::watch::Receiver<bool>,
     /// The caches of AssumedRoles, one per watched scope, filled by [`run`]:
     /// where `spec.source.assumedRoleRef` is looked up.
     roles: Mutex<Vec<reflector::Store<AssumedRole>>>,
@@ -96,6 +100,7 @@ impl Context {
             session_tags: false,
             grants: Grants::default(),
             token_audience: crate::source::DEFAULT_AUDIENCE.into(),
+            leading: tokio::sync::watch::channel(true).1,
             roles: Mutex::default(),
             owned_secrets: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),
@@ -167,6 +172,11 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
     // Until the policies and namespaces are cached, every AssumedRole would
     // look denied.
     ctx.grants.ready().await;
+    // A standby does nothing: when it becomes the leader, every AssumedRole
+    // is reconciled from the warm caches.
+    if !*ctx.leading.borrow() {
+        return Ok(Action::await_change());
+    }
     let started = std::time::Instant::now();
     let target = Target::of(&ar);
     let (action, reason) = match &target {
@@ -305,8 +315,18 @@ pub async fn run(
                 }
             });
             let judge = ctx.grants.triggers(reader.clone());
+            let elected = futures::stream::unfold(ctx.leading.clone(), |mut rx| async move {
+                loop {
+                    rx.changed().await.ok()?;
+                    if *rx.borrow_and_update() {
+                        return Some(((), rx));
+                    }
+                }
+            });
             Controller::for_stream(roles, reader)
                 .reconcile_all_on(api_back)
+                // Leadership won: everything, at once, from warm caches.
+                .reconcile_all_on(elected)
                 // A policy change, or a namespace's label change, judges
                 // the AssumedRoles it may concern again.
                 .reconcile_on(judge)

@@ -9,6 +9,7 @@ mod attribution;
 mod basic;
 mod catalogue;
 mod failures;
+mod handover;
 mod lifecycle;
 mod refresh;
 mod repair;

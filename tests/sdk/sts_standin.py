@@ -15,8 +15,9 @@ request goes on to moto, except that:
 
 Each AssumeRole and AssumeRoleWithWebIdentity is recorded with its action,
 role, session name, session tags, DurationSeconds, the fingerprint of the
-access key that signed it (empty when unsigned) and, for a web identity, the
-token itself, so that a test can check whose identity reached STS.
+access key that signed it (empty when unsigned), the caller's app id, the
+time, and, for a web identity, the token itself, so that a test can check
+whose identity reached STS and which process called.
 Each other request is counted per caller (the `app/<id>` that an SDK adds to its
 User-Agent from AWS_SDK_UA_APP_ID) and per access key. GET /_standin/report
 returns the counts; keys appear only as short SHA-256 fingerprints.
@@ -136,6 +137,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             tags[one(f"Tags.member.{n}.Key")] = one(f"Tags.member.{n}.Value")
             n += 1
         signer = re.search(r"Credential=([A-Z0-9]+)/", self.headers.get("Authorization", ""))
+        agent = " ".join(self.headers.get(h, "") for h in ("User-Agent", "X-Amz-User-Agent"))
+        app = (re.search(r"app/([A-Za-z0-9._-]+)", agent) or [None, "unknown"])[1]
         with LOCK:
             SESSIONS.append(
                 {
@@ -146,6 +149,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "duration": one("DurationSeconds"),
                     "signer": fingerprint(signer.group(1)) if signer else "",
                     "token": one("WebIdentityToken"),
+                    "app": app,
+                    "at": time.time(),
                 }
             )
         status, answer, content_type = self.forward(body)

@@ -1,0 +1,201 @@
+//! Hand-over between replicas: every replica keeps warm caches, only the
+//! Lease holder calls STS (counted at the STS stand-in, per process by the
+//! app id in its User-Agent), SIGTERM hands the Lease over at once, SIGKILL
+//! within the lease duration, and no AssumedRole reaches its floor.
+
+use std::time::{Duration, Instant};
+
+use assumed_role_operator::api::AssumedRole;
+use jiff::Timestamp;
+use kube::Api;
+use serde_json::Value;
+
+use crate::support::*;
+
+const LEASE_SECONDS: u64 = 15;
+const ROLES: usize = 6;
+/// The refresh floor: credentials are refreshed at least this long before
+/// they expire.
+const FLOOR: i64 = 300;
+
+/// The AssumeRole calls at the stand-in, as (app, time).
+fn calls(report: &Value) -> Vec<(String, f64)> {
+    report["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| {
+            (
+                s["app"].as_str().unwrap_or_default().to_string(),
+                s["at"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect()
+}
+
+fn replica(ns: &str, app: &str, sts: &str) -> Operator {
+    let lease = LEASE_SECONDS.to_string();
+    Operator::start(
+        ns,
+        &["--leader-elect", "--lease-duration-seconds", &lease],
+        &[("AWS_ENDPOINT_URL_STS", sts), ("AWS_SDK_UA_APP_ID", app)],
+    )
+}
+
+/// Waits until `operator` logs that it leads; returns how long that took.
+async fn leads(operator: &Operator, since: Instant, limit: Duration) -> Duration {
+    poll(limit, Duration::from_millis(50), "a new leader", || async {
+        operator
+            .output()
+            .contains("acquired the leader lease")
+            .then(|| since.elapsed())
+    })
+    .await
+}
+
+/// Waits until every AssumedRole was refreshed after `after`, and checks
+/// that none was refreshed later than its floor: each refresh came while
+/// the credentials it replaced still had more than the floor left.
+async fn all_refreshed_before_their_floor(roles: &Api<AssumedRole>, after: Timestamp, before: &[(String, Timestamp)]) {
+    for (name, expired_at) in before {
+        let ar = wait_for(
+            roles,
+            name,
+            Duration::from_secs(60),
+            "a refresh after the hand-over",
+            |ar: Option<&AssumedRole>| {
+                ar.and_then(|a| a.status.as_ref())
+                    .and_then(|s| s.last_refresh_time.as_ref())
+                    .is_some_and(|t| t.0 > after)
+            },
+        )
+        .await;
+        let refreshed = ar.status.and_then(|s| s.last_refresh_time).expect("lastRefreshTime").0;
+        let left = expired_at.duration_since(refreshed).as_secs();
+        assert!(
+            left > FLOOR,
+            "{name} was refreshed with {left} s left, inside the {FLOOR} s floor"
+        );
+    }
+}
+
+/// The expiration of each AssumedRole's current credentials.
+async fn expirations(roles: &Api<AssumedRole>) -> Vec<(String, Timestamp)> {
+    let mut out = Vec::new();
+    for i in 0..ROLES {
+        let name = format!("role-{i}");
+        let ar = roles.get(&name).await.expect("AssumedRole");
+        out.push((
+            name,
+            ar.status.and_then(|s| s.expiration_time).expect("expirationTime").0,
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn only_the_leader_calls_sts_and_a_standby_takes_over_on_sigterm_and_on_sigkill() {
+    let logs = tempfile::tempdir().expect("logs dir");
+    // Every set lives 900 s and is refreshed 10 s after it is issued, so
+    // refreshes are due all the time.
+    let standin = StandIn::start(900, 0, logs.path());
+    let sts = standin.url.as_str();
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "handover").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    let mut a = replica(&ns.name, "replica-a", sts);
+    leads(&a, Instant::now(), Duration::from_secs(30)).await;
+    let b = replica(&ns.name, "replica-b", sts);
+    b.wait_ready().await;
+    for i in 0..ROLES {
+        apply(&assumed_role(
+            &ns.name,
+            &format!("role-{i}"),
+            "  durationSeconds: 900\n  refreshBefore: 890s\n",
+        ));
+    }
+    for i in 0..ROLES {
+        wait_ready(&roles, &format!("role-{i}"), "True", "CredentialsReady").await;
+    }
+    // Long enough for every AssumedRole to be refreshed once more.
+    let watched = Instant::now();
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        "a round of refreshes",
+        || async {
+            let report = standin.report().await;
+            (calls(&report).len() >= 2 * ROLES).then_some(())
+        },
+    )
+    .await;
+    let report = standin.report().await;
+    let by: Vec<String> = calls(&report).into_iter().map(|(app, _)| app).collect();
+    assert!(
+        by.iter().all(|app| app == "replica-a"),
+        "the standby called STS: {by:?}"
+    );
+    assert!(!b.output().contains("acquired the leader lease"), "two leaders");
+    eprintln!(
+        "leader only: {} AssumeRole calls in {:.0} s, all by the leader",
+        by.len(),
+        watched.elapsed().as_secs_f64()
+    );
+
+    // SIGTERM on the leader: it releases the Lease, the standby leads at once.
+    let before = expirations(&roles).await;
+    let handed = Timestamp::now();
+    let signalled = Instant::now();
+    let (status, stopped) = a.terminate(Duration::from_secs(30)).await.expect("the leader stopped");
+    assert!(status.success(), "exit status {status}");
+    // The old leader is gone: every call from now on is another's.
+    let a_gone = Timestamp::now();
+    let sigterm = leads(&b, signalled, Duration::from_secs(30)).await;
+    assert!(
+        sigterm < Duration::from_secs(LEASE_SECONDS),
+        "the standby waited the lease out ({sigterm:?}) instead of taking the released Lease"
+    );
+    assert!(a.output().contains("released the leader lease"));
+    all_refreshed_before_their_floor(&roles, handed, &before).await;
+    eprintln!(
+        "SIGTERM: leader stopped in {} ms, standby leading {} ms after the signal",
+        stopped.as_millis(),
+        sigterm.as_millis()
+    );
+
+    // SIGKILL on the new leader: a third replica takes over once the Lease
+    // has gone unrenewed for its duration.
+    let mut b = b;
+    let c = replica(&ns.name, "replica-c", sts);
+    c.wait_ready().await;
+    let before = expirations(&roles).await;
+    let killed_at = Timestamp::now();
+    let killed = Instant::now();
+    b.stop();
+    let b_gone = Timestamp::now();
+    let sigkill = leads(&c, killed, Duration::from_secs(LEASE_SECONDS + 30)).await;
+    assert!(
+        sigkill < Duration::from_secs(LEASE_SECONDS + 5),
+        "took {sigkill:?} with a lease of {LEASE_SECONDS} s"
+    );
+    all_refreshed_before_their_floor(&roles, killed_at, &before).await;
+    eprintln!(
+        "SIGKILL: standby leading {} ms after the kill (lease {LEASE_SECONDS} s)",
+        sigkill.as_millis()
+    );
+
+    // At STS, after each hand-over only the new leader called.
+    let report = standin.report().await;
+    let seconds = |t: Timestamp| t.as_millisecond() as f64 / 1000.0;
+    for (app, at) in calls(&report) {
+        let expected = if at < seconds(a_gone) {
+            "replica-a"
+        } else if at < seconds(b_gone) {
+            "replica-b"
+        } else {
+            "replica-c"
+        };
+        assert_eq!(app, expected, "a call at {at} by the wrong replica");
+    }
+}
