@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod budget;
 pub mod controller;
 pub mod credentials;
 pub mod endpoint;

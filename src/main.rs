@@ -101,6 +101,21 @@ struct RunArgs {
     /// OIDC identity provider expects.
     #[arg(long, env = "TOKEN_AUDIENCE", default_value = source::DEFAULT_AUDIENCE)]
     token_audience: String,
+    /// STS calls per second, shared by every reconcile. STS throttling
+    /// slows it down further until calls succeed again.
+    #[arg(long, env = "STS_RATE", default_value_t = controller::DEFAULT_STS_RATE, value_parser = positive_rate)]
+    sts_rate: f64,
+    /// STS calls that may be made at once before the rate applies.
+    #[arg(long, env = "STS_BURST", default_value_t = controller::DEFAULT_STS_BURST, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    sts_burst: u32,
+}
+
+/// A rate of more than 0 and at most 10,000 calls per second.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 10_000.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate above 0 and at most 10000 per second")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,6 +166,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency = args.concurrency,
         session_tags = args.session_tags,
         token_audience = %args.token_audience,
+        sts_rate = args.sts_rate,
+        sts_burst = args.sts_burst,
         admin_address = %args.admin_address,
         credentials = %credentials,
         sts_endpoint = %sts_endpoint,
@@ -169,6 +186,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
     ctx.session_tags = args.session_tags;
     ctx.token_audience = args.token_audience;
+    ctx.budget = std::sync::Mutex::new(assumed_role_operator::budget::Bucket::new(
+        args.sts_rate,
+        args.sts_burst,
+        std::time::Instant::now(),
+    ));
+    ctx.metrics.sts_budget_rate.set(args.sts_rate);
     let identity = args
         .pod_name
         .clone()

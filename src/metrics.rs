@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -32,6 +32,15 @@ pub struct Metrics {
     pub secret_writes: Family<WriteLabels, Counter>,
     /// Reconcile duration in seconds.
     pub reconcile_duration: Histogram,
+    /// STS call duration in seconds, by result.
+    pub sts_duration: Family<ResultLabels, Histogram>,
+    /// How long calls waited for the STS budget, in seconds.
+    pub sts_budget_wait: Histogram,
+    /// Routine refreshes put off by the STS budget.
+    pub sts_budget_deferrals: Counter,
+    /// The STS budget's rate in effect, calls per second (lower than the
+    /// configured one while STS throttles).
+    pub sts_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -54,12 +63,42 @@ impl Default for Metrics {
             "Reconcile duration",
             reconcile_duration.clone(),
         );
+        let sts_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "sts_call_duration_seconds",
+            "STS AssumeRole call duration, by result",
+            sts_duration.clone(),
+        );
+        let sts_budget_wait = Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "sts_budget_wait_seconds",
+            "Time STS calls waited for the STS budget (rate limiter)",
+            sts_budget_wait.clone(),
+        );
+        let sts_budget_deferrals = Counter::default();
+        registry.register(
+            "sts_budget_deferrals",
+            "Routine refreshes put off by the STS budget",
+            sts_budget_deferrals.clone(),
+        );
+        let sts_budget_rate = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "sts_budget_rate",
+            "STS calls per second the budget allows now (lower while STS throttles)",
+            sts_budget_rate.clone(),
+        );
         Self {
             registry,
+            sts_budget_rate,
             sts_calls,
             reconciles,
             secret_writes,
             reconcile_duration,
+            sts_duration,
+            sts_budget_wait,
+            sts_budget_deferrals,
         }
     }
 }
@@ -73,9 +112,12 @@ impl Metrics {
         out
     }
 
-    /// Counts one STS call.
-    pub fn sts_call(&self, result: &'static str) {
+    /// Counts one STS call and how long it took.
+    pub fn sts_call(&self, result: &'static str, took: std::time::Duration) {
         self.sts_calls.get_or_create(&ResultLabels { result }).inc();
+        self.sts_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one reconcile, by the category of the reason it ended with.
@@ -96,9 +138,9 @@ mod tests {
     #[test]
     fn counters_render_with_prefix_and_result_label() {
         let metrics = Metrics::default();
-        metrics.sts_call("success");
-        metrics.sts_call("success");
-        metrics.sts_call("AccessDenied");
+        metrics.sts_call("success", std::time::Duration::from_millis(20));
+        metrics.sts_call("success", std::time::Duration::from_millis(20));
+        metrics.sts_call("AccessDenied", std::time::Duration::from_millis(20));
         metrics.secret_write("restore");
         let text = metrics.render();
         assert!(
@@ -107,5 +149,13 @@ mod tests {
         );
         assert!(text.contains(r#"assumed_role_operator_sts_assume_role_calls_total{result="AccessDenied"} 1"#));
         assert!(text.contains(r#"assumed_role_operator_secret_writes_total{kind="restore"} 1"#));
+        assert!(
+            text.contains(r#"assumed_role_operator_sts_call_duration_seconds_count{result="success"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("assumed_role_operator_sts_budget_wait_seconds_count 0"),
+            "{text}"
+        );
     }
 }

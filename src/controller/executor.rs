@@ -23,12 +23,13 @@ use super::{Context, FIELD_MANAGER, requeue_at};
 use crate::{
     Error, Result,
     api::{AssumedRole, AssumedRoleStatus},
+    budget,
     outcome::{Failure, Reason, Retry},
     plan::{self, Facts, Held, Plan, Remembered, SecretView, Serving, Target},
     schedule::{self, Refresh},
     secret, source,
     status::{self, Report},
-    sts::{AssumedSession, Signer},
+    sts::{AssumedSession, Signer, StsError},
 };
 
 /// Decides, carries the plan out, and reports; returns the requeue and the
@@ -149,6 +150,26 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     Ok(signer) => signer,
                     Err(failure) => return failed(ar, ctx, target, failure, serving, now).await,
                 };
+                // The STS budget: urgent calls wait for a token, routine
+                // refreshes are put off and free their reconcile slot.
+                let urgent = budget::urgent(serving.map(|s| s.expires), now);
+                let waiting = std::time::Instant::now();
+                loop {
+                    let taken = match ctx.budget.lock() {
+                        Ok(mut bucket) => bucket.take(urgent, std::time::Instant::now()),
+                        Err(_) => Ok(()),
+                    };
+                    match taken {
+                        Ok(()) => break,
+                        Err(wait) if urgent => tokio::time::sleep(wait.min(budget::MAX_WAIT)).await,
+                        Err(wait) => {
+                            ctx.metrics.sts_budget_deferrals.inc();
+                            debug!(name = %target.name, wait = ?wait, "refresh put off by the STS budget");
+                            return (requeue_at(now + budget::signed(wait), now), Reason::BackingOff);
+                        }
+                    }
+                }
+                ctx.metrics.sts_budget_wait.observe(waiting.elapsed().as_secs_f64());
                 debug!(role = %request.role_arn, session = %request.role_session_name, source = ?signer, "assuming role");
                 let minted_with = match (&ar.spec.source.secret_ref, &signer) {
                     (Some(_), Signer::Keys { access_key_id, .. }) => {
@@ -156,9 +177,26 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     }
                     _ => None,
                 };
+                let calling = std::time::Instant::now();
                 let outcome = ctx.sts.assume_role(&request, &signer).await;
-                ctx.metrics
-                    .sts_call(outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"));
+                ctx.metrics.sts_call(
+                    outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"),
+                    calling.elapsed(),
+                );
+                if let Ok(mut bucket) = ctx.budget.lock() {
+                    match &outcome {
+                        Err(StsError::Throttled(_)) => {
+                            bucket.throttled(std::time::Instant::now());
+                            warn!(
+                                rate = bucket.rate(),
+                                "STS throttled a call; slowing every STS call down"
+                            );
+                        }
+                        Err(StsError::Unavailable(_) | StsError::NoCredentials(_)) => {}
+                        _ => bucket.answered(),
+                    }
+                    ctx.metrics.sts_budget_rate.set(bucket.rate());
+                }
                 let AssumedSession {
                     credentials,
                     assumed_role_arn,

@@ -35,6 +35,11 @@ use crate::{
 pub use grants::{Change, Grants};
 pub use publisher::EventPublisher;
 
+/// STS calls per second, by default: far below an account's STS quota.
+pub const DEFAULT_STS_RATE: f64 = 10.0;
+/// STS calls that may be made at once, by default.
+pub const DEFAULT_STS_BURST: u32 = 20;
+
 /// Field manager for every write the operator makes.
 pub const FIELD_MANAGER: &str = "assumed-role-operator";
 
@@ -60,6 +65,8 @@ pub struct Context {
     /// Audience of ServiceAccount tokens when the spec names none
     /// (`--token-audience`).
     pub token_audience: String,
+    /// The STS budget shared by every reconcile.
+    pub budget: Mutex<crate::budget::Bucket>,
     /// Whether this replica holds the leader Lease (always, without leader
     /// election). Every replica keeps its caches warm; only the leader
     /// reconciles.
@@ -101,6 +108,11 @@ impl Context {
             grants: Grants::default(),
             token_audience: crate::source::DEFAULT_AUDIENCE.into(),
             leading: tokio::sync::watch::channel(true).1,
+            budget: Mutex::new(crate::budget::Bucket::new(
+                DEFAULT_STS_RATE,
+                DEFAULT_STS_BURST,
+                std::time::Instant::now(),
+            )),
             roles: Mutex::default(),
             owned_secrets: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),

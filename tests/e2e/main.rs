@@ -7,6 +7,7 @@
 
 mod attribution;
 mod basic;
+mod budget;
 mod catalogue;
 mod failures;
 mod handover;

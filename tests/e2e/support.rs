@@ -197,6 +197,15 @@ impl Operator {
             .sum()
     }
 
+    /// The value of the gauge `name` (the first sample).
+    pub async fn gauge(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    }
+
     /// STS AssumeRole calls this operator has made, whatever their result.
     pub async fn sts_calls(&self) -> u64 {
         self.counter("assumed_role_operator_sts_assume_role_calls_total", None)
@@ -752,6 +761,15 @@ impl StandIn {
             _process: process,
             url: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Answers every AssumeRole of the next `seconds` with Throttling.
+    pub async fn throttle(&self, seconds: u32) {
+        let address = self.url.trim_start_matches("http://");
+        let (code, body) = http_get(address, &format!("/_standin/throttle?seconds={seconds}"), &[])
+            .await
+            .expect("the stand-in");
+        assert_eq!(code, 200, "{body}");
     }
 
     /// What it counted and recorded so far.

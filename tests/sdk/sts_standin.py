@@ -20,7 +20,9 @@ time, and, for a web identity, the token itself, so that a test can check
 whose identity reached STS and which process called.
 Each other request is counted per caller (the `app/<id>` that an SDK adds to its
 User-Agent from AWS_SDK_UA_APP_ID) and per access key. GET /_standin/report
-returns the counts; keys appear only as short SHA-256 fingerprints.
+returns the counts; keys appear only as short SHA-256 fingerprints. GET
+/_standin/throttle?seconds=N answers every AssumeRole of the next N seconds
+with Throttling, as STS does when an account's rate is exceeded.
 """
 
 import datetime
@@ -44,6 +46,7 @@ CALLS = {}  # app -> fingerprint -> count
 SEEN = {}  # app -> fingerprints in the order first used
 REJECTED = []  # {app, key, reason}
 ASSUME_ROLE = [0]
+THROTTLE_UNTIL = [0.0]  # while now < this, every AssumeRole is answered Throttling
 SESSIONS = []  # {action, role, session, tags, duration, signer, token} of each AssumeRole*, as asked
 
 
@@ -70,6 +73,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        if self.path.startswith("/_standin/throttle?seconds="):
+            with LOCK:
+                THROTTLE_UNTIL[0] = time.time() + float(self.path.split("=", 1)[1])
+            self.reply(200, "", "text/plain")
+            return
         if self.path != "/_standin/report":
             self.reply(404, "")
             return
@@ -151,8 +159,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "token": one("WebIdentityToken"),
                     "app": app,
                     "at": time.time(),
+                    "throttled": time.time() < THROTTLE_UNTIL[0],
                 }
             )
+            throttled = time.time() < THROTTLE_UNTIL[0]
+        if throttled:
+            self.reply(
+                400,
+                "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>"
+                "<Message>Rate exceeded</Message></Error><RequestId>standin</RequestId></ErrorResponse>",
+            )
+            return
         status, answer, content_type = self.forward(body)
         text = answer.decode()
         key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)
