@@ -1,11 +1,24 @@
 //! Prometheus metrics. Labels are fixed, low-cardinality words (a result or
-//! an error category), never object names and never anything from a Secret.
+//! an error category), except for the gauges per AssumedRole, labelled by
+//! namespace and name; never anything from a Secret.
 
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::reflector::Store;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::Counter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
+
+use crate::api::{AssumedRole, AssumedRoleStatus};
 
 /// Labels of a result: `success` or an error category such as `AccessDenied`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,6 +32,92 @@ pub struct ResultLabels {
 pub struct WriteLabels {
     /// Why the Secret was written: `refresh`, `restore` or `layout`.
     pub kind: &'static str,
+}
+
+/// Labels of one AssumedRole: the only metrics labelled by object, as
+/// cert-manager labels its certificate gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Gauges per AssumedRole, computed at scrape time from the watch caches,
+/// so that they cost nothing between scrapes and vanish with the object.
+#[derive(Clone, Default)]
+pub struct AssumedRoleGauges {
+    stores: Arc<Mutex<Vec<Store<AssumedRole>>>>,
+}
+
+impl std::fmt::Debug for AssumedRoleGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AssumedRoleGauges")
+    }
+}
+
+impl AssumedRoleGauges {
+    /// Reports the AssumedRoles of `store` too.
+    pub fn watch(&self, store: Store<AssumedRole>) {
+        if let Ok(mut stores) = self.stores.lock() {
+            stores.push(store);
+        }
+    }
+}
+
+/// Each gauge per AssumedRole: its name, help, and value (if any).
+type ObjectGauge = (&'static str, &'static str, fn(&AssumedRoleStatus) -> Option<i64>);
+
+const OBJECT_GAUGES: [ObjectGauge; 4] = [
+    (
+        "assumed_role_expiration_timestamp_seconds",
+        "When the credentials in the Secret expire (Unix seconds)",
+        |s| s.expiration_time.as_ref().map(|t| t.0.as_second()),
+    ),
+    (
+        "assumed_role_refresh_timestamp_seconds",
+        "When the operator will next refresh the credentials (Unix seconds)",
+        |s| s.refresh_time.as_ref().map(|t| t.0.as_second()),
+    ),
+    (
+        "assumed_role_ready",
+        "Whether the Ready condition is True (1) or not (0)",
+        |s| {
+            Some(i64::from(
+                s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+            ))
+        },
+    ),
+    (
+        "assumed_role_consecutive_failures",
+        "Failed attempts since the last success",
+        |s| Some(i64::from(s.consecutive_failures)),
+    ),
+];
+
+impl Collector for AssumedRoleGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let roles: Vec<Arc<AssumedRole>> = match self.stores.lock() {
+            Ok(stores) => stores.iter().flat_map(Store::state).collect(),
+            Err(_) => return Ok(()),
+        };
+        let empty = AssumedRoleStatus::default();
+        for (name, help, value) in OBJECT_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for ar in &roles {
+                let Some(v) = value(ar.status.as_ref().unwrap_or(&empty)) else {
+                    continue;
+                };
+                let labels = ObjectLabels {
+                    namespace: ar.metadata.namespace.clone().unwrap_or_default(),
+                    name: ar.metadata.name.clone().unwrap_or_default(),
+                };
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The operator's metrics.
@@ -41,6 +140,8 @@ pub struct Metrics {
     /// The STS budget's rate in effect, calls per second (lower than the
     /// configured one while STS throttles).
     pub sts_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Gauges per AssumedRole, read from the caches at scrape time.
+    pub assumed_roles: AssumedRoleGauges,
 }
 
 impl Default for Metrics {
@@ -89,8 +190,11 @@ impl Default for Metrics {
             "STS calls per second the budget allows now (lower while STS throttles)",
             sts_budget_rate.clone(),
         );
+        let assumed_roles = AssumedRoleGauges::default();
+        registry.register_collector(Box::new(assumed_roles.clone()));
         Self {
             registry,
+            assumed_roles,
             sts_budget_rate,
             sts_calls,
             reconciles,
@@ -134,6 +238,46 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauges_per_assumed_role_are_read_from_the_cache_at_scrape_time() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        use kube::runtime::{reflector, watcher};
+        let metrics = Metrics::default();
+        let (store, mut writer) = reflector::store();
+        metrics.assumed_roles.watch(store);
+        let expires: jiff::Timestamp = "2030-01-01T01:00:00Z".parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let ar = AssumedRole::test().with_status(AssumedRoleStatus {
+            expiration_time: Some(Time(expires)),
+            consecutive_failures: 2,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "CredentialsReady".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(expires),
+            }],
+            ..AssumedRoleStatus::default()
+        });
+        writer.apply_watcher_event(&watcher::Event::Apply(ar));
+        let text = metrics.render();
+        let labels = r#"{namespace="billing",name="reader"}"#;
+        for line in [
+            format!("assumed_role_operator_assumed_role_expiration_timestamp_seconds{labels} 1893459600"),
+            format!("assumed_role_operator_assumed_role_ready{labels} 1"),
+            format!("assumed_role_operator_assumed_role_consecutive_failures{labels} 2"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // No refresh planned: no sample, rather than a zero that reads as 1970.
+        assert!(!text.contains("assumed_role_refresh_timestamp_seconds{"), "{text}");
+        writer.apply_watcher_event(&watcher::Event::Delete(AssumedRole::test()));
+        assert!(
+            !metrics.render().contains(labels),
+            "a deleted AssumedRole still reported"
+        );
+    }
 
     #[test]
     fn counters_render_with_prefix_and_result_label() {

@@ -256,6 +256,7 @@ pub async fn run(
             if let Ok(mut roles) = ctx.roles.lock() {
                 roles.push(reader.clone());
             }
+            ctx.metrics.assumed_roles.watch(reader.clone());
             let (roles_synced, synced) = tokio::sync::watch::channel(false);
             ready_stores.push(synced);
             // Status writes change no generation: filtering on it keeps the

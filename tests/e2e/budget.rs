@@ -68,6 +68,30 @@ async fn many_assumed_roles_at_once_stay_within_the_sts_rate_and_all_become_read
             }
         }
     }
+    // The gauges per AssumedRole, computed from the cache at scrape time,
+    // agree with the status.
+    let (_, metrics) = scene.operator.admin_get("/metrics").await;
+    for i in 0..ROLES {
+        let name = format!("role-{i}");
+        let ar = scene.roles.get(&name).await.expect("AssumedRole");
+        let status = ar.status.expect("status");
+        let labels = format!(r#"{{namespace="{ns}",name="{name}"}}"#);
+        for (gauge, value) in [
+            ("assumed_role_ready", 1),
+            (
+                "assumed_role_expiration_timestamp_seconds",
+                status.expiration_time.expect("expirationTime").0.as_second(),
+            ),
+            (
+                "assumed_role_refresh_timestamp_seconds",
+                status.refresh_time.expect("refreshTime").0.as_second(),
+            ),
+            ("assumed_role_consecutive_failures", 0),
+        ] {
+            let line = format!("assumed_role_operator_{gauge}{labels} {value}");
+            assert!(metrics.lines().any(|l| l == line), "{line} not scraped");
+        }
+    }
     let waited = scene
         .operator
         .counter("assumed_role_operator_sts_budget_wait_seconds_count", None)
