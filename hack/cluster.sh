@@ -17,6 +17,9 @@ set -euo pipefail
 K8S_VERSION=1.36.3
 ETCD_VERSION=3.6.16
 HELM_VERSION=3.19.5
+# promtool, for the unit tests of the chart's alerting rules (Go module
+# version of Prometheus v3.x).
+PROMETHEUS_VERSION=0.316.0
 MOTO_VERSION=5.2.5
 BOTO3_VERSION=1.44.5
 
@@ -25,6 +28,7 @@ CACHE="${ARO_CACHE:-$HOME/.cache/assumed-role-operator}"
 K8S_BIN="$CACHE/k8s-v$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd-v$ETCD_VERSION/bin"
 HELM_BIN="$CACHE/helm-v$HELM_VERSION/bin"
+PROMTOOL_BIN="$CACHE/promtool-v$PROMETHEUS_VERSION/bin"
 VENV="$CACHE/venv-moto-$MOTO_VERSION-boto3-$BOTO3_VERSION"
 case "${1:-}" in
   stop|start) COMPONENT="${2:-}"; STATE="${3:-$ROOT/.cluster}" ;;
@@ -84,6 +88,9 @@ build() {
   if [[ -x $HELM_BIN/helm ]]; then log "helm v$HELM_VERSION: cached in $HELM_BIN"
   else timed "building helm v$HELM_VERSION (first run only)" go_build helm "$HELM_BIN" \
       "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" helm.sh/helm/v3/cmd/helm; fi
+  if [[ -x $PROMTOOL_BIN/promtool ]]; then log "promtool v$PROMETHEUS_VERSION: cached in $PROMTOOL_BIN"
+  else timed "building promtool v$PROMETHEUS_VERSION (first run only)" go_build prometheus "$PROMTOOL_BIN" "" \
+      github.com/prometheus/prometheus/cmd/promtool; fi
   if [[ -f $VENV/.complete ]]; then log "moto $MOTO_VERSION: cached in $VENV"
   else timed "installing moto[server]==$MOTO_VERSION and boto3==$BOTO3_VERSION (first run only)" install_venv; fi
   log "all components ready in $((SECONDS - begin)) s"
@@ -249,6 +256,7 @@ export PATH=$K8S_BIN:$HELM_BIN:\$PATH
 export KUBECONFIG=$STATE/kubeconfig
 export ARO_STATE=$STATE
 export ARO_HELM=$HELM_BIN/helm
+export ARO_PROMTOOL=$PROMTOOL_BIN/promtool
 export ARO_PYTHON=$VENV/bin/python
 export ARO_AWS_ACCOUNT=$AWS_ACCOUNT
 export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT

@@ -133,6 +133,7 @@ pub async fn elect(
     duration: Duration,
     leading: watch::Sender<bool>,
     shutdown: CancellationToken,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> bool {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let renew_every = (duration / 3).max(RETRY);
@@ -182,10 +183,12 @@ pub async fn elect(
             if !is_leader {
                 info!(lease = LEASE_NAME, %identity, "acquired the leader lease");
                 leading.send_replace(true);
+                metrics.leader.set(1);
             }
         } else if is_leader && last_renewed.is_none_or(|t| now.duration_since(t) > renew_deadline) {
             warn!(lease = LEASE_NAME, "lost the leader lease; stopping");
             leading.send_replace(false);
+            metrics.leader.set(0);
             return true;
         }
     }

@@ -223,6 +223,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(args.lease_duration_seconds),
                 leading,
                 shutdown.clone(),
+                ctx.metrics.clone(),
             );
             let controller = controller::run(ctx.clone(), settings, ready, shutdown.clone());
             tokio::pin!(controller);
@@ -242,6 +243,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             lost
         }
         None => {
+            ctx.metrics.leader.set(1);
             controller::run(ctx, settings, ready, shutdown.clone()).await;
             false
         }

@@ -142,6 +142,9 @@ pub struct Metrics {
     pub sts_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Gauges per AssumedRole, read from the caches at scrape time.
     pub assumed_roles: AssumedRoleGauges,
+    /// 1 while this replica holds the leader Lease (or runs without leader
+    /// election), 0 while it stands by.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -190,10 +193,17 @@ impl Default for Metrics {
             "STS calls per second the budget allows now (lower while STS throttles)",
             sts_budget_rate.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica leads: 1 while it holds the Lease or runs without leader election",
+            leader.clone(),
+        );
         let assumed_roles = AssumedRoleGauges::default();
         registry.register_collector(Box::new(assumed_roles.clone()));
         Self {
             registry,
+            leader,
             assumed_roles,
             sts_budget_rate,
             sts_calls,

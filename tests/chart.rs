@@ -86,6 +86,10 @@ const ALL_FEATURES: &[&str] = &[
     "--set",
     "permissivePolicy.enabled=true",
     "--set",
+    "prometheusRule.enabled=true",
+    "--set",
+    "grafanaDashboard.enabled=true",
+    "--set",
     "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/operator",
 ];
 
@@ -156,6 +160,27 @@ fn chart_lints_and_renders_a_locked_down_deployment() {
         let resource = rule["resources"][0].as_str().unwrap();
         assert!(["assumedrolepolicies", "namespaces"].contains(&resource), "{rule}");
     }
+    // Alerts and dashboard: off by default, the chart's own files when on.
+    for kind in ["PrometheusRule", "ConfigMap"] {
+        assert!(find(&rendered, kind).is_empty(), "{kind} rendered by default");
+    }
+    let rules = find(&all, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    let shipped: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("files/prometheus-rules.yaml")).expect("rules file"),
+    )
+    .expect("rules YAML");
+    assert_eq!(rules[0]["spec"]["groups"], shipped["groups"]);
+    let dashboard = find(&all, "ConfigMap");
+    assert_eq!(dashboard.len(), 1);
+    assert_eq!(dashboard[0]["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value = serde_json::from_str(
+        dashboard[0]["data"]["assumed-role-operator.json"]
+            .as_str()
+            .expect("dashboard JSON"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 8));
     let permissive = find(&all, "AssumedRolePolicy");
     assert_eq!(permissive.len(), 1);
     assert_eq!(permissive[0]["spec"]["namespaces"]["selector"], serde_json::json!({}));
@@ -196,6 +221,27 @@ fn chart_lints_and_renders_a_locked_down_deployment() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("logFormat"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs promtool from hack/cluster.sh; run with `make test`"]
+fn the_alerting_rules_are_valid_and_pass_their_promtool_unit_tests() {
+    let promtool = std::env::var("ARO_PROMTOOL").expect("ARO_PROMTOOL from hack/cluster.sh");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let check = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(Path::new(CHART).join("files/prometheus-rules.yaml"))
+        .output()
+        .expect("run promtool");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let test = Command::new(&promtool)
+        .args(["test", "rules", "tests/promtool/alerts_test.yaml"])
+        .current_dir(root)
+        .output()
+        .expect("run promtool");
+    let out = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{out}{}", String::from_utf8_lossy(&test.stderr));
+    assert!(out.contains("SUCCESS"), "{out}");
 }
 
 #[test]

@@ -189,3 +189,49 @@ async fn sts_throttling_slows_the_whole_operator_and_every_secret_is_refreshed_b
         during.len() as f64 / f64::from(THROTTLE)
     );
 }
+
+/// The operator's metric names that `text` uses.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("assumed_role_operator_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn every_metric_the_alerts_and_the_dashboard_use_is_exported_by_a_running_operator() {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/assumed-role-operator/files/");
+    let rules = std::fs::read_to_string(format!("{chart}prometheus-rules.yaml")).expect("rules");
+    let dashboard = std::fs::read_to_string(format!("{chart}grafana-dashboard.json")).expect("dashboard");
+    let mut used = metric_names(&rules);
+    used.extend(metric_names(&dashboard));
+    assert!(used.len() >= 10, "{used:?}");
+    // A leader with an AssumedRole that has been refreshed once and one
+    // that failed: every family has samples.
+    let scene = Scene::start("observability", &["--leader-elect"], &[]).await;
+    let ns = scene.ns.name.clone();
+    apply(&assumed_role(&ns, "reader", ""));
+    wait_ready(&scene.roles, "reader", "True", "CredentialsReady").await;
+    let (_, metrics) = scene.operator.admin_get("/metrics").await;
+    let exported: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
+    for name in &used {
+        assert!(
+            exported
+                .iter()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "{name} is used by the alerts or the dashboard but not exported:\n{metrics}"
+        );
+    }
+    eprintln!(
+        "{} metrics used by the alerts and the dashboard, all exported",
+        used.len()
+    );
+}
