@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod api_limit;
 pub mod budget;
 pub mod controller;
 pub mod credentials;

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use assumed_role_operator::{
     admin,
     api::AssumedRole,
+    api_limit,
     controller::{self, Context, Settings},
     endpoint, hmac_key, leader,
     policy::AssumedRolePolicy,
@@ -108,6 +109,14 @@ struct RunArgs {
     /// STS calls that may be made at once before the rate applies.
     #[arg(long, env = "STS_BURST", default_value_t = controller::DEFAULT_STS_BURST, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     sts_burst: u32,
+    /// Requests per second to the API server (client-side, as client-go's
+    /// QPS); each watch counts once, when it starts.
+    #[arg(long, env = "API_QPS", default_value_t = api_limit::DEFAULT_QPS, value_parser = positive_rate)]
+    api_qps: f64,
+    /// Requests to the API server that may go at once before the rate
+    /// applies.
+    #[arg(long, env = "API_BURST", default_value_t = api_limit::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    api_burst: u32,
 }
 
 /// A rate of more than 0 and at most 10,000 calls per second.
@@ -168,6 +177,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         token_audience = %args.token_audience,
         sts_rate = args.sts_rate,
         sts_burst = args.sts_burst,
+        api_qps = args.api_qps,
+        api_burst = args.api_burst,
         admin_address = %args.admin_address,
         credentials = %credentials,
         sts_endpoint = %sts_endpoint,
@@ -178,9 +189,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let state = admin::State::default();
     let admin_server = tokio::spawn(admin::serve(args.admin_address, state.clone(), shutdown.clone()));
 
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&api_limit::ApiLimitLayer::new(args.api_qps, args.api_burst))
+        .build();
     let hmac_key = hmac_key::load_hmac_key(client.clone(), &args.namespace).await?;
     let sts = Arc::new(AwsSts::from_env().await);
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
