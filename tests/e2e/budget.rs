@@ -44,13 +44,7 @@ async fn many_assumed_roles_at_once_stay_within_the_sts_rate_and_all_become_read
     .await;
     let ns = scene.ns.name.clone();
     let started = Instant::now();
-    let manifests: String = (0..ROLES)
-        .map(|i| format!("---\n{}", assumed_role(&ns, &format!("role-{i}"), "")))
-        .collect();
-    apply(&manifests);
-    for i in 0..ROLES {
-        wait_ready(&scene.roles, &format!("role-{i}"), "True", "CredentialsReady").await;
-    }
+    apply_ready(&scene.roles, &ns, ROLES, "").await;
     let took = started.elapsed();
     let report = standin.report().await;
     let at: Vec<f64> = calls(&report, &ns).into_iter().map(|(t, _)| t).collect();
@@ -243,17 +237,17 @@ async fn the_api_server_client_limit_holds_requests_back_and_every_assumed_role_
     let scene = Scene::start("api-limit", &["--api-qps", "5", "--api-burst", "5"], &[]).await;
     let ns = scene.ns.name.clone();
     let started = Instant::now();
-    let manifests: String = (0..ROLES)
-        .map(|i| format!("---\n{}", assumed_role(&ns, &format!("role-{i}"), "")))
-        .collect();
-    apply(&manifests);
-    for i in 0..ROLES {
-        wait_ready(&scene.roles, &format!("role-{i}"), "True", "CredentialsReady").await;
-    }
+    apply_ready(&scene.roles, &ns, ROLES, "").await;
     let took = started.elapsed();
     // Each AssumedRole takes at least three requests (read the Secret,
     // apply it, patch the status) and publishes a Normal Event: at 5 per
     // second after a burst of 5, 10 of them cannot be done in under 5 s.
-    assert!(took >= Duration::from_secs(5), "{ROLES} AssumedRoles Ready in {took:?} at 5 requests/s");
-    eprintln!("API limit 5/s: {ROLES} AssumedRoles Ready in {:.1} s", took.as_secs_f64());
+    assert!(
+        took >= Duration::from_secs(5),
+        "{ROLES} AssumedRoles Ready in {took:?} at 5 requests/s"
+    );
+    eprintln!(
+        "API limit 5/s: {ROLES} AssumedRoles Ready in {:.1} s",
+        took.as_secs_f64()
+    );
 }

@@ -14,18 +14,6 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
-/// The AssumeRole* calls the stand-in saw for the session `ns.name`.
-fn sessions_of(report: &Value, ns: &str, name: &str) -> Vec<Value> {
-    let session = format!("{ns}.{name}");
-    report["sessions"]
-        .as_array()
-        .expect("sessions")
-        .iter()
-        .filter(|s| s["session"] == session.as_str())
-        .cloned()
-        .collect()
-}
-
 fn base64url(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))

@@ -457,6 +457,31 @@ spec:
     )
 }
 
+/// The AssumeRole* calls a stand-in's `report` holds for the session
+/// `ns.name`.
+pub fn sessions_of(report: &serde_json::Value, ns: &str, name: &str) -> Vec<serde_json::Value> {
+    let session = format!("{ns}.{name}");
+    report["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter(|s| s["session"] == session.as_str())
+        .cloned()
+        .collect()
+}
+
+/// Applies `count` AssumedRoles `role-0`, `role-1`, ... in `ns` with extra
+/// spec lines, in one `kubectl apply`, and waits until each is Ready.
+pub async fn apply_ready(roles: &Api<AssumedRole>, ns: &str, count: usize, extra_spec: &str) {
+    let manifests: String = (0..count)
+        .map(|i| format!("---\n{}", assumed_role(ns, &format!("role-{i}"), extra_spec)))
+        .collect();
+    apply(&manifests);
+    for i in 0..count {
+        wait_ready(roles, &format!("role-{i}"), "True", "CredentialsReady").await;
+    }
+}
+
 /// An AssumedRole manifest named `name` in `ns` for the role `role` (a
 /// role name in the test account), with extra spec lines.
 pub fn assumed_role_for(ns: &str, name: &str, role: &str, extra_spec: &str) -> String {

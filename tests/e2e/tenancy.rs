@@ -11,18 +11,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// The AssumeRole calls the stand-in saw for the session `ns.name`.
-fn sessions_of(report: &Value, ns: &str, name: &str) -> Vec<Value> {
-    let session = format!("{ns}.{name}");
-    report["sessions"]
-        .as_array()
-        .expect("sessions")
-        .iter()
-        .filter(|s| s["session"] == session.as_str())
-        .cloned()
-        .collect()
-}
-
 /// Applies an AssumedRolePolicy from its spec.
 fn policy(name: &str, spec: Value) {
     let policy = json!({
