@@ -42,6 +42,10 @@ image-check: ## The Dockerfile's release build, the binary's linkage, and hadoli
 .PHONY: test
 test: lint unit e2e image-check ## Everything CI checks
 
+.PHONY: faults
+faults: cluster ## The fault matrix: ten faults under a steady workload, one row each (about 20 minutes)
+	$(CARGO) test --locked --test faults -- --ignored --nocapture
+
 .PHONY: bench
 bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, a restart, and the credentials endpoint
 	hack/bench.sh

@@ -7,6 +7,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail loudly
 
+#[path = "common/plane.rs"]
+mod plane;
 #[path = "e2e/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -21,93 +23,13 @@ use std::{
 use assumed_role_operator::api::AssumedRole;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, Client,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::Api;
+use plane::ControlPlane;
 use serde_json::Value;
 use support::poll;
 
 const ROLES: usize = 20;
 const OUTAGE: Duration = Duration::from_secs(35);
-
-/// A control plane of the test's own, stopped by PID when dropped.
-struct ControlPlane {
-    state: PathBuf,
-    env: BTreeMap<String, String>,
-    _dir: tempfile::TempDir,
-}
-
-impl ControlPlane {
-    fn up() -> Self {
-        let dir = tempfile::tempdir().expect("state dir");
-        let state = dir.path().join("cluster");
-        let out = Command::new("bash")
-            .arg(script())
-            .args(["up", state.to_str().expect("UTF-8 path")])
-            .output()
-            .expect("run hack/cluster.sh up");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let env = std::fs::read_to_string(state.join("env"))
-            .expect("the env file")
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .filter(|(k, _)| *k != "PATH")
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self { state, env, _dir: dir }
-    }
-
-    fn cluster(&self, verb: &str, component: &str) {
-        let out = Command::new("bash")
-            .arg(script())
-            .args([verb, component, self.state.to_str().expect("UTF-8 path")])
-            .output()
-            .expect("run hack/cluster.sh");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        if verb == "start" {
-            // The PID on record is the component's own, so that `down` stops it.
-            let pid = std::fs::read_to_string(self.state.join("pids").join(component)).expect("PID file");
-            let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap_or_default();
-            let binary = if component == "etcd" { "server" } else { component };
-            assert!(
-                exe.file_name().is_some_and(|f| f == binary),
-                "PID {} runs {exe:?}, not {component}",
-                pid.trim()
-            );
-        }
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) {
-        let out = support::kubectl_with(&[("KUBECONFIG", &self.env["KUBECONFIG"])], args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(&self.env["KUBECONFIG"]).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("client config");
-        Client::try_from(config).expect("client")
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["down", self.state.to_str().unwrap_or_default()])
-            .output();
-    }
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster.sh")
-}
 
 /// The operator, logging JSON to a file; killed by PID when dropped.
 struct Operator {

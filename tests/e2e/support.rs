@@ -766,9 +766,14 @@ impl StandIn {
     pub fn start(lifetime: u32, strict: u32, logs: &Path) -> Self {
         let python = std::env::var("ARO_PYTHON").expect("ARO_PYTHON from hack/cluster.sh");
         let moto = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL from hack/cluster.sh");
+        Self::start_with(&python, &moto, lifetime, strict, logs)
+    }
+
+    /// Starts it with the Python `python`, in front of the moto at `moto`.
+    pub fn start_with(python: &str, moto: &str, lifetime: u32, strict: u32, logs: &Path) -> Self {
         let mut cmd = Command::new(python);
         cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sts_standin.py"))
-            .args([moto, lifetime.to_string(), strict.to_string()]);
+            .args([moto.to_string(), lifetime.to_string(), strict.to_string()]);
         let process = Started::spawn(cmd, logs, "standin");
         let started = Instant::now();
         let port = loop {
@@ -790,8 +795,26 @@ impl StandIn {
 
     /// Answers every AssumeRole of the next `seconds` with Throttling.
     pub async fn throttle(&self, seconds: u32) {
+        self.control(&format!("throttle?seconds={seconds}")).await;
+    }
+
+    /// Answers every AssumeRole of the next `seconds` with 503 (used by the
+    /// fault matrix).
+    #[allow(dead_code)]
+    pub async fn down(&self, seconds: u32) {
+        self.control(&format!("down?seconds={seconds}")).await;
+    }
+
+    /// Makes every AssumeRole of the next `seconds` take `delay` seconds
+    /// (used by the fault matrix).
+    #[allow(dead_code)]
+    pub async fn slow(&self, seconds: u32, delay: u32) {
+        self.control(&format!("slow?seconds={seconds}&delay={delay}")).await;
+    }
+
+    async fn control(&self, query: &str) {
         let address = self.url.trim_start_matches("http://");
-        let (code, body) = http_get(address, &format!("/_standin/throttle?seconds={seconds}"), &[])
+        let (code, body) = http_get(address, &format!("/_standin/{query}"), &[])
             .await
             .expect("the stand-in");
         assert_eq!(code, 200, "{body}");

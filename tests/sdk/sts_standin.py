@@ -22,7 +22,10 @@ Each other request is counted per caller (the `app/<id>` that an SDK adds to its
 User-Agent from AWS_SDK_UA_APP_ID) and per access key. GET /_standin/report
 returns the counts; keys appear only as short SHA-256 fingerprints. GET
 /_standin/throttle?seconds=N answers every AssumeRole of the next N seconds
-with Throttling, as STS does when an account's rate is exceeded.
+with Throttling, as STS does when an account's rate is exceeded;
+/_standin/down?seconds=N with 503 ServiceUnavailable; /_standin/slow?seconds=N&delay=S
+makes each AssumeRole of the next N seconds take S seconds (the report's
+`inflight` counts those being answered).
 """
 
 import datetime
@@ -47,6 +50,9 @@ SEEN = {}  # app -> fingerprints in the order first used
 REJECTED = []  # {app, key, reason}
 ASSUME_ROLE = [0]
 THROTTLE_UNTIL = [0.0]  # while now < this, every AssumeRole is answered Throttling
+DOWN_UNTIL = [0.0]  # while now < this, every AssumeRole is answered 503
+SLOW = [0.0, 0.0]  # [until, seconds]: while now < until, each AssumeRole waits that long
+INFLIGHT = [0]  # AssumeRole calls being answered
 SESSIONS = []  # {action, role, session, tags, duration, signer, token} of each AssumeRole*, as asked
 
 
@@ -78,6 +84,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 THROTTLE_UNTIL[0] = time.time() + float(self.path.split("=", 1)[1])
             self.reply(200, "", "text/plain")
             return
+        if self.path.startswith("/_standin/down?seconds="):
+            with LOCK:
+                DOWN_UNTIL[0] = time.time() + float(self.path.split("=", 1)[1])
+            self.reply(200, "", "text/plain")
+            return
+        if self.path.startswith("/_standin/slow?"):
+            query = urllib.parse.parse_qs(self.path.split("?", 1)[1])
+            with LOCK:
+                SLOW[0] = time.time() + float(query["seconds"][0])
+                SLOW[1] = float(query["delay"][0])
+            self.reply(200, "", "text/plain")
+            return
         if self.path != "/_standin/report":
             self.reply(404, "")
             return
@@ -89,6 +107,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "seen": SEEN,
                 "rejected": REJECTED,
                 "sessions": SESSIONS,
+                "inflight": INFLIGHT[0],
             }
             self.reply(200, json.dumps(report), "application/json")
 
@@ -163,6 +182,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 }
             )
             throttled = time.time() < THROTTLE_UNTIL[0]
+        now = time.time()
+        if now < DOWN_UNTIL[0]:
+            self.reply(
+                503,
+                "<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>"
+                "<Message>Service unavailable</Message></Error><RequestId>standin</RequestId></ErrorResponse>",
+            )
+            return
+        if now < SLOW[0]:
+            with LOCK:
+                INFLIGHT[0] += 1
+            time.sleep(SLOW[1])
+            with LOCK:
+                INFLIGHT[0] -= 1
         if throttled:
             self.reply(
                 400,
