@@ -392,97 +392,108 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
         });
     };
 
-    // Steady state first: a baseline with no fault, one refresh round.
-    let before = calls().await;
-    tokio::time::sleep(Duration::from_secs(150)).await;
-    row("none (150 s)", checker.take(), calls().await - before, Duration::ZERO);
-
-    // 1. The operator killed while STS answers a refresh, then restarted.
-    let before = calls().await;
-    standin.slow(60, 4).await;
-    poll(
-        Duration::from_secs(150),
-        Duration::from_millis(100),
-        "a refresh in flight",
-        || async { (standin.report().await["inflight"].as_u64().unwrap_or(0) > 0).then_some(()) },
-    )
-    .await;
-    operator.kill();
-    operator = Operator::start(&plane, &standin.url, &log);
-    let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-    row(
-        "operator SIGKILL mid-refresh, restarted",
-        checker.take(),
-        calls().await - before,
-        recover,
-    );
-
-    // 3, 4. The API server, then etcd, stopped for 30 s.
-    for (fault, component) in [
-        ("kube-apiserver stopped 30 s", "kube-apiserver"),
-        ("etcd stopped 30 s", "etcd"),
-    ] {
+    // FAULTS_ONLY=kill,api,... runs a subset (baseline, kill, api, sts-down,
+    // throttle, slow, writer).
+    let only = std::env::var("FAULTS_ONLY").ok();
+    let run = |key: &str| only.as_deref().is_none_or(|o| o.split(',').any(|k| k == key));
+    if run("baseline") {
+        // Steady state first: a baseline with no fault, one refresh round.
         let before = calls().await;
-        plane.cluster("stop", component);
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        plane.cluster("start", component);
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        row("none (150 s)", checker.take(), calls().await - before, Duration::ZERO);
+    }
+    if run("kill") {
+        // 1. The operator killed while STS answers a refresh, then restarted.
+        let before = calls().await;
+        standin.slow(60, 4).await;
+        poll(
+            Duration::from_secs(150),
+            Duration::from_millis(100),
+            "a refresh in flight",
+            || async { (standin.report().await["inflight"].as_u64().unwrap_or(0) > 0).then_some(()) },
+        )
+        .await;
+        operator.kill();
+        operator = Operator::start(&plane, &standin.url, &log);
         let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-        row(fault, checker.take(), calls().await - before, recover);
+        row(
+            "operator SIGKILL mid-refresh, restarted",
+            checker.take(),
+            calls().await - before,
+            recover,
+        );
     }
-
-    // 5. STS unavailable for 60 s, less than the 120 s to the floor.
-    let before = calls().await;
-    checker.sts(false);
-    standin.down(60).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    checker.sts(true);
-    let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-    row("STS unavailable 60 s", checker.take(), calls().await - before, recover);
-
-    // 6. STS throttling every call for a minute.
-    let before = calls().await;
-    checker.sts(false);
-    standin.throttle(60).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    checker.sts(true);
-    let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-    row("STS throttling 60 s", checker.take(), calls().await - before, recover);
-
-    // 7. STS answering in 3 s per call for two minutes: slow is healthy.
-    let before = calls().await;
-    standin.slow(120, 3).await;
-    tokio::time::sleep(Duration::from_secs(120)).await;
-    let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-    row(
-        "STS 3 s per call for 120 s",
-        checker.take(),
-        calls().await - before,
-        recover,
-    );
-
-    // 8. Another writer deletes one owned Secret and edits another, three
-    // rounds, ten seconds apart.
-    let before = calls().await;
-    for round in 0..3 {
-        let _ = secrets.delete(&format!("role-{round}"), &Default::default()).await;
-        let patch = serde_json::json!({"data": {"AWS_ACCESS_KEY_ID": "QUtJQUZPUkdFRA=="}});
-        let _ = secrets
-            .patch(
-                &format!("role-{}", round + 10),
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
+    if run("api") {
+        // 3, 4. The API server, then etcd, stopped for 30 s.
+        for (fault, component) in [
+            ("kube-apiserver stopped 30 s", "kube-apiserver"),
+            ("etcd stopped 30 s", "etcd"),
+        ] {
+            let before = calls().await;
+            plane.cluster("stop", component);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            plane.cluster("start", component);
+            let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
+            row(fault, checker.take(), calls().await - before, recover);
+        }
     }
-    let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-    row(
-        "another writer deletes and edits Secrets",
-        checker.take(),
-        calls().await - before,
-        recover,
-    );
-
+    if run("sts-down") {
+        // 5. STS unavailable for 60 s, less than the 120 s to the floor.
+        let before = calls().await;
+        checker.sts(false);
+        standin.down(60).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        checker.sts(true);
+        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
+        row("STS unavailable 60 s", checker.take(), calls().await - before, recover);
+    }
+    if run("throttle") {
+        // 6. STS throttling every call for a minute.
+        let before = calls().await;
+        checker.sts(false);
+        standin.throttle(60).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        checker.sts(true);
+        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
+        row("STS throttling 60 s", checker.take(), calls().await - before, recover);
+    }
+    if run("slow") {
+        // 7. STS answering in 3 s per call for two minutes: slow is healthy.
+        let before = calls().await;
+        standin.slow(120, 3).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
+        row(
+            "STS 3 s per call for 120 s",
+            checker.take(),
+            calls().await - before,
+            recover,
+        );
+    }
+    if run("writer") {
+        // 8. Another writer deletes one owned Secret and edits another, three
+        // rounds, ten seconds apart.
+        let before = calls().await;
+        for round in 0..3 {
+            let _ = secrets.delete(&format!("role-{round}"), &Default::default()).await;
+            let patch = serde_json::json!({"data": {"AWS_ACCESS_KEY_ID": "QUtJQUZPUkdFRA=="}});
+            let _ = secrets
+                .patch(
+                    &format!("role-{}", round + 10),
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
+        row(
+            "another writer deletes and edits Secrets",
+            checker.take(),
+            calls().await - before,
+            recover,
+        );
+    }
     drop(checker);
     drop(operator);
     println!("\n| fault | expired s | floor breach s | lost | mismatched | STS calls | recovered in |");
