@@ -97,11 +97,28 @@ impl Checker {
                 )
                 .await;
                 if let Ok(Ok(list)) = listed {
-                    known = list
+                    let mut fresh: BTreeMap<String, Secret> = list
                         .items
                         .into_iter()
                         .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
                         .collect();
+                    // A list right after the API server restarts can come
+                    // back short: a Secret is gone only when a read of it by
+                    // name says so.
+                    for (name, old) in &known {
+                        if !fresh.contains_key(name) {
+                            match tokio::time::timeout(Duration::from_secs(2), secrets.get_opt(name)).await {
+                                Ok(Ok(None)) => {}
+                                Ok(Ok(Some(current))) => {
+                                    fresh.insert(name.clone(), current);
+                                }
+                                _ => {
+                                    fresh.insert(name.clone(), old.clone());
+                                }
+                            }
+                        }
+                    }
+                    known = fresh;
                 }
                 let now = Instant::now();
                 let dt = now.duration_since(last).as_secs_f64();
