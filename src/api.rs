@@ -785,19 +785,7 @@ mod tests {
 
     /// Runs the CRD's own CEL rules on a spec, as the API server would.
     fn cel(spec: serde_json::Value) -> Result<(), String> {
-        let crd = AssumedRole::crd();
-        let schema = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref()),
-        )
-        .map_err(|e| e.to_string())?;
-        let object = json!({"apiVersion": "sts.refresh.dev/v1alpha1", "kind": "AssumedRole",
-            "metadata": {"name": "x", "namespace": "y"}, "spec": spec});
-        kube::core::cel::Validator::new()
-            .validate(&schema, &object, None)
-            .map_err(|e| e.to_string())
+        crate::fixtures::cel(&AssumedRole::crd(), "AssumedRole", spec)
     }
 
     fn rust(spec: serde_json::Value) -> Result<(), InvalidSpec> {

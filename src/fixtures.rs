@@ -30,6 +30,27 @@ use crate::{
     sts::{StsError, StsFuture},
 };
 
+/// Runs the CEL rules of `crd` on an object of `kind` with `spec`, as the
+/// API server would at admission.
+pub fn cel(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    kind: &str,
+    spec: Value,
+) -> Result<(), String> {
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref()),
+    )
+    .map_err(|e| e.to_string())?;
+    let object = json!({"apiVersion": "sts.refresh.dev/v1alpha1", "kind": kind,
+        "metadata": {"name": "x", "namespace": "y"}, "spec": spec});
+    kube::core::cel::Validator::new()
+        .validate(&schema, &object, None)
+        .map_err(|e| e.to_string())
+}
+
 /// A namespace without labels.
 pub static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
 

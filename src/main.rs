@@ -254,6 +254,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             };
             if !lost {
                 leader::release(ctx.client.clone(), &args.namespace, &identity).await;
+                ctx.metrics.leader.set(0);
             }
             lost
         }

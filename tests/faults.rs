@@ -342,19 +342,7 @@ struct Row {
 #[ignore = "starts a control plane of its own and breaks parts of it; run with `make faults`"]
 async fn the_fault_matrix_keeps_every_secret_valid() {
     let plane = ControlPlane::up();
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/");
-    plane.kubectl(&["apply", "-f", crds], None);
-    plane.kubectl(
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=60s",
-            "crd/assumedroles.sts.refresh.dev",
-            "crd/assumedrolepolicies.sts.refresh.dev",
-        ],
-        None,
-    );
+    plane.install_crds();
     plane.kubectl(&["create", "namespace", NAMESPACE], None);
     plane.kubectl(
         &["apply", "-f", "-"],

@@ -294,19 +294,7 @@ async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>
 #[ignore = "starts a control plane of its own and stops parts of it; run with `make test`"]
 async fn retries_back_off_while_the_api_server_or_etcd_is_down_and_catch_up_when_it_returns() {
     let plane = ControlPlane::up();
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/");
-    plane.kubectl(&["apply", "-f", crds], None);
-    plane.kubectl(
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=60s",
-            "crd/assumedroles.sts.refresh.dev",
-            "crd/assumedrolepolicies.sts.refresh.dev",
-        ],
-        None,
-    );
+    plane.install_crds();
     plane.kubectl(&["create", "namespace", "outage"], None);
     plane.kubectl(
         &["apply", "-f", "-"],

@@ -62,6 +62,22 @@ impl ControlPlane {
         }
     }
 
+    /// Applies `crds/` and waits until both CRDs are established.
+    pub fn install_crds(&self) {
+        self.kubectl(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/")], None);
+        self.kubectl(
+            &[
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout=60s",
+                "crd/assumedroles.sts.refresh.dev",
+                "crd/assumedrolepolicies.sts.refresh.dev",
+            ],
+            None,
+        );
+    }
+
     /// Runs kubectl against it; panics with its words on failure.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) {
         let out = crate::support::kubectl_with(&[("KUBECONFIG", &self.env["KUBECONFIG"])], args, stdin);

@@ -446,15 +446,7 @@ pub fn ready(ar: &AssumedRole) -> Option<(String, String, String)> {
 
 /// An AssumedRole manifest for role `name` in `ns`, with extra spec lines.
 pub fn assumed_role(ns: &str, name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: sts.refresh.dev/v1alpha1
-kind: AssumedRole
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  roleArn: arn:aws:iam::{account}:role/{name}
-{extra_spec}",
-        account = account()
-    )
+    assumed_role_for(ns, name, name, extra_spec)
 }
 
 /// The AssumeRole* calls a stand-in's `report` holds for the session
