@@ -17,6 +17,7 @@ pub mod admin;
 pub mod api;
 pub mod api_limit;
 pub mod budget;
+pub mod clock;
 pub mod controller;
 pub mod credentials;
 pub mod endpoint;

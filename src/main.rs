@@ -9,6 +9,7 @@ use assumed_role_operator::{
     admin,
     api::AssumedRole,
     api_limit,
+    clock::{Clock, ClockLayer},
     controller::{self, Context, Settings},
     endpoint, hmac_key, leader,
     policy::AssumedRolePolicy,
@@ -117,6 +118,16 @@ struct RunArgs {
     /// applies.
     #[arg(long, env = "API_BURST", default_value_t = api_limit::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     api_burst: u32,
+    /// Testing only: seconds this replica's reading of the system clock is
+    /// off, to show that schedules follow the API server's clock.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    clock_offset_seconds: i64,
+    /// Testing only: seconds each refresh pauses after the STS answer.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pause_after_sts_seconds: u64,
+    /// Testing only: seconds each refresh pauses after the Secret write.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pause_after_secret_write_seconds: u64,
 }
 
 /// A rate of more than 0 and at most 10,000 calls per second.
@@ -192,14 +203,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let clock = Arc::new(Clock::new(jiff::SignedDuration::from_secs(args.clock_offset_seconds)));
     let client = kube::client::ClientBuilder::try_from(config)
         .context("connecting to the Kubernetes API")?
+        .with_layer(&ClockLayer::new(clock.clone(), state.metrics.clock_offset.clone()))
         .with_layer(&api_limit::ApiLimitLayer::new(args.api_qps, args.api_burst))
         .build();
     let hmac_key = hmac_key::load_hmac_key(client.clone(), &args.namespace).await?;
     let sts = Arc::new(AwsSts::from_env().await);
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
     ctx.session_tags = args.session_tags;
+    ctx.clock = clock;
+    ctx.test_pauses = controller::TestPauses {
+        after_sts: std::time::Duration::from_secs(args.pause_after_sts_seconds),
+        after_secret_write: std::time::Duration::from_secs(args.pause_after_secret_write_seconds),
+    };
     ctx.token_audience = args.token_audience;
     ctx.budget = std::sync::Mutex::new(assumed_role_operator::budget::Bucket::new(
         args.sts_rate,

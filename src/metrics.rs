@@ -140,6 +140,9 @@ pub struct Metrics {
     /// The STS budget's rate in effect, calls per second (lower than the
     /// configured one while STS throttles).
     pub sts_budget_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds added to the system clock to read the API server's (the
+    /// `Date` of its responses); 0 while they agree within 2 s.
+    pub clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Gauges per AssumedRole, read from the caches at scrape time.
     pub assumed_roles: AssumedRoleGauges,
     /// 1 while this replica holds the leader Lease (or runs without leader
@@ -193,6 +196,12 @@ impl Default for Metrics {
             "STS calls per second the budget allows now (lower while STS throttles)",
             sts_budget_rate.clone(),
         );
+        let clock_offset = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "clock_offset_seconds",
+            "Seconds added to this replica's clock to read the API server's (0 while they agree within 2 s)",
+            clock_offset.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -204,6 +213,7 @@ impl Default for Metrics {
         Self {
             registry,
             leader,
+            clock_offset,
             assumed_roles,
             sts_budget_rate,
             sts_calls,

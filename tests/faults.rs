@@ -1,7 +1,11 @@
 //! The fault matrix (`make faults`): a steady workload of AssumedRoles whose
-//! credentials are refreshed every two minutes, an independent checker that
-//! watches every owned Secret throughout, and one fault at a time. The
-//! checker's verdict per fault:
+//! credentials are refreshed every two minutes (`refreshBefore` 90 s ahead
+//! of the floor), an independent checker that watches every owned Secret
+//! throughout, and one fault at a time: the operator killed in each window
+//! of a refresh, the leader of two killed, kube-apiserver or etcd stopped,
+//! the operator's network to the API server cut (a proxy it goes through),
+//! STS down, throttling or slow, another writer of the Secrets, the
+//! operator's clock off by two minutes. The checker's verdict per fault:
 //!
 //! - expired: seconds during which any Secret held credentials past their
 //!   expiration;
@@ -16,6 +20,8 @@
 //! of the fault until every AssumedRole is Ready with fresh credentials
 //! again. The test prints one row per fault and fails on any breach. It
 //! starts a control plane of its own, since it stops parts of it.
+//! `FAULTS_ONLY=baseline,kill,leader,api,network,sts-down,throttle,slow,writer,clock`
+//! runs a subset; `ARO_KEEP_LOGS=DIR` keeps every log.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail loudly
 
@@ -34,7 +40,7 @@ use std::{
 
 use assumed_role_operator::{api::AssumedRole, secret};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{Api, Client, api::ListParams};
 use plane::ControlPlane;
 use sha2::{Digest, Sha256};
@@ -42,10 +48,17 @@ use support::{StandIn, poll};
 
 const NAMESPACE: &str = "faults";
 const ROLES: usize = 20;
-/// What the stand-in grants: the operator refreshes at its floor, 300 s
-/// before expiry, so every two minutes (minus jitter).
-const LIFETIME: u32 = 420;
+/// What the stand-in grants, and when the AssumedRoles ask to refresh: 120 s
+/// after each mint, 90 s before the floor, so that a fault shorter than that
+/// margin must not bring any Secret inside the floor.
+const LIFETIME: u32 = 510;
+const REFRESH_BEFORE: u32 = 390;
+/// The operator's floor: it never refreshes later than this before expiry.
 const FLOOR: i64 = 300;
+/// One round of refreshes: every AssumedRole refreshes once.
+const ROUND: Duration = Duration::from_secs(125);
+/// An STS outage longer than the time to the floor of most AssumedRoles.
+const STS_LONG: Duration = Duration::from_secs(150);
 /// How late a refresh may be before it counts as a floor breach: the write,
 /// and the checker's own sampling.
 const SLACK: i64 = 5;
@@ -75,15 +88,24 @@ struct Checker {
 }
 
 impl Checker {
-    fn start(client: Client, key: Vec<u8>, standin: Arc<StandIn>) -> Self {
+    /// Starts it once it has read every Secret: what it judges while the API
+    /// server is away is what it read last.
+    async fn start(client: Client, key: Vec<u8>, standin: Arc<StandIn>) -> Self {
         let tally = Arc::new(Mutex::new(Tally {
             healthy_since: Some(Instant::now()),
             ..Tally::default()
         }));
         let shared = tally.clone();
+        let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
+        let mut known: BTreeMap<String, Secret> = secrets
+            .list(&ListParams::default().labels(secret::SELECTOR))
+            .await
+            .expect("the owned Secrets")
+            .items
+            .into_iter()
+            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+            .collect();
         let task = tokio::spawn(async move {
-            let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
-            let mut known: BTreeMap<String, Secret> = BTreeMap::new();
             let mut issued: BTreeSet<String> = BTreeSet::new();
             let mut last = Instant::now();
             let mut tick = tokio::time::interval(TICK);
@@ -116,6 +138,14 @@ impl Checker {
                                     fresh.insert(name.clone(), old.clone());
                                 }
                             }
+                        }
+                    }
+                    for (name, old) in &known {
+                        let uid = |s: &Secret| s.metadata.uid.clone().unwrap_or_default();
+                        match fresh.get(name) {
+                            Some(new) if uid(new) != uid(old) => eprintln!("checker: {name} was re-created"),
+                            None => eprintln!("checker: {name} is gone"),
+                            _ => {}
                         }
                     }
                     known = fresh;
@@ -218,18 +248,75 @@ impl Drop for Checker {
     }
 }
 
-/// The operator under test, killed by PID when dropped.
+/// A TCP proxy between the operator and the API server that can cut the
+/// network: while cut, every connection, open or new, is held silent (as a
+/// network that drops packets), and closed when the cut ends.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("address").port();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watch.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if !*cut.borrow() {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
+                    }
+                    // Cut: silent until the cut ends, then closed.
+                    let _ = cut.wait_for(|c| !*c).await;
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What every operator process runs against.
+struct Setup {
+    plane: ControlPlane,
+    standin: Arc<StandIn>,
+    /// A kubeconfig that reaches the API server through the proxy.
+    kubeconfig: std::path::PathBuf,
+    logs: tempfile::TempDir,
+}
+
+/// One operator process, killed by PID when dropped.
 struct Operator {
     child: Child,
     log: std::path::PathBuf,
 }
 
 impl Operator {
-    fn start(plane: &ControlPlane, sts: &str, log: &std::path::Path) -> Self {
+    fn start(setup: &Setup, name: &str, extra: &[&str]) -> Self {
+        let log = setup.logs.path().join(format!("operator-{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
+            .open(&log)
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"))
             .args(["run", "--namespace", NAMESPACE, "--watch-namespaces", NAMESPACE])
@@ -238,24 +325,27 @@ impl Operator {
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
-                "--log-level",
-                "info",
+                "--pod-name",
+                name,
             ])
-            .envs(plane.env.iter())
-            .env("AWS_ENDPOINT_URL_STS", sts)
+            .args(extra)
+            .envs(setup.plane.env.iter())
+            .env("KUBECONFIG", &setup.kubeconfig)
+            .env("AWS_ENDPOINT_URL_STS", &setup.standin.url)
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()
             .expect("start the operator");
-        Self {
-            child,
-            log: log.to_path_buf(),
-        }
+        Self { child, log }
     }
 
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -263,9 +353,9 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
-            eprintln!("--- last lines of the operator's log ---");
+            eprintln!("--- last lines of {} ---", self.log.display());
             for line in &lines[lines.len().saturating_sub(30)..] {
                 eprintln!("{line}");
             }
@@ -282,50 +372,42 @@ async fn recovered(roles: &Api<AssumedRole>, secrets: &Api<Secret>, limit: Durat
         Duration::from_millis(500),
         "every AssumedRole Ready and fresh",
         || async {
-            let all = match roles.list(&ListParams::default()).await {
-                Ok(all) => all,
-                Err(e) => {
-                    eprintln!("listing AssumedRoles: {e}");
-                    return None;
-                }
-            };
-            let ready = all.items.len() == ROLES
-                && all.items.iter().all(|ar| {
-                    ar.status
-                        .as_ref()
-                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                });
+            let all = roles.list(&ListParams::default()).await.ok()?;
+            let listed = secrets
+                .list(&ListParams::default().labels(secret::SELECTOR))
+                .await
+                .ok()?;
+            let ready = all.items.len() == ROLES && all.items.iter().all(is_ready);
             let now = Timestamp::now();
-            let listed = match secrets.list(&ListParams::default().labels(secret::SELECTOR)).await {
-                Ok(listed) => listed,
-                Err(e) => {
-                    eprintln!("listing Secrets: {e}");
-                    return None;
-                }
-            };
             // The AssumedRoles' Secrets, not the key that signs them.
             let fresh = listed
                 .items
                 .iter()
                 .filter(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("role-")))
-                .all(|s| {
-                    s.data
-                        .as_ref()
-                        .and_then(|d| d.get("expiration"))
-                        .and_then(|v| String::from_utf8(v.0.clone()).ok()?.parse::<Timestamp>().ok())
-                        .is_some_and(|e| e.duration_since(now).as_secs() > FLOOR)
-                });
-            if !(ready && fresh) {
-                eprintln!(
-                    "ready {ready} fresh {fresh} ({} AssumedRoles, {} Secrets)",
-                    all.items.len(),
-                    listed.items.len()
-                );
-            }
+                .all(|s| text(s, "expiration").is_some_and(|e| left(&e, now) > FLOOR));
             (ready && fresh).then(|| started.elapsed())
         },
     )
     .await
+}
+
+fn is_ready(ar: &AssumedRole) -> bool {
+    ar.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A data key of a Secret, as text.
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(value.0.clone()).ok()
+}
+
+/// Seconds left before an RFC 3339 expiration (negative past it).
+fn left(expiration: &str, now: Timestamp) -> i64 {
+    expiration
+        .parse::<Timestamp>()
+        .map_or(i64::MIN, |e| e.duration_since(now).as_secs())
 }
 
 struct Row {
@@ -336,6 +418,125 @@ struct Row {
     mismatched: usize,
     sts_calls: u64,
     recover: Duration,
+    note: String,
+}
+
+/// The workload, the checker, the operators and the rows so far.
+struct Matrix {
+    setup: Setup,
+    proxy: Proxy,
+    checker: Checker,
+    roles: Api<AssumedRole>,
+    secrets: Api<Secret>,
+    operators: Vec<Operator>,
+    rows: Vec<Row>,
+}
+
+impl Matrix {
+    async fn calls(&self) -> u64 {
+        self.setup.standin.report().await["assume_role"].as_u64().unwrap_or(0)
+    }
+
+    /// Stops every operator and starts one, with `extra` flags.
+    fn restart(&mut self, extra: &[&str]) {
+        self.operators.clear();
+        self.operators.push(Operator::start(&self.setup, "op", extra));
+    }
+
+    /// Waits for every AssumedRole to be Ready and fresh again, then records
+    /// the row of `fault`, whose STS calls are those since `before`.
+    async fn settle(&mut self, fault: &'static str, before: u64, note: String) {
+        let recover = recovered(&self.roles, &self.secrets, Duration::from_secs(300)).await;
+        let (expired, floor, lost, mismatched) = self.checker.take();
+        let sts_calls = self.calls().await - before;
+        self.rows.push(Row {
+            fault,
+            expired,
+            floor,
+            lost,
+            mismatched,
+            sts_calls,
+            recover,
+            note,
+        });
+    }
+
+    /// Waits until the operator's log has a line with `needle` beyond its
+    /// first `from` bytes.
+    async fn logged(&self, needle: &str, from: usize, limit: Duration) {
+        poll(limit, Duration::from_millis(50), needle, || async {
+            let log = self.operators[0].log();
+            log.get(from..).is_some_and(|new| new.contains(needle)).then_some(())
+        })
+        .await;
+    }
+
+    /// The holder of the leader Lease.
+    async fn holder(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.roles.clone().into_client(), NAMESPACE);
+        let lease = leases.get_opt("assumed-role-operator").await.ok()??;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+    }
+
+    /// The operator killed in one window of a refresh, then restarted: in
+    /// flight at STS, after the STS answer (before the Secret write), after
+    /// the Secret write (before the status write).
+    async fn kill_in_refresh(&mut self, fault: &'static str, window: &str) {
+        let before = self.calls().await;
+        match window {
+            "in flight" => {
+                self.setup.standin.slow(150, 4).await;
+                let standin = self.setup.standin.clone();
+                poll(
+                    Duration::from_secs(150),
+                    Duration::from_millis(100),
+                    "a refresh in flight",
+                    || async { (standin.report().await["inflight"].as_u64().unwrap_or(0) > 0).then_some(()) },
+                )
+                .await;
+            }
+            point => {
+                let flag = if point == "after the STS answer" {
+                    "--pause-after-sts-seconds"
+                } else {
+                    "--pause-after-secret-write-seconds"
+                };
+                self.restart(&[flag, "10"]);
+                let from = self.operators[0].log().len();
+                self.logged(&format!("\"point\":\"{point}\""), from, Duration::from_secs(150))
+                    .await;
+            }
+        }
+        self.operators[0].kill();
+        // Secrets before the restart: what the killed operator left.
+        let left_behind = self.keys().await;
+        self.setup.standin.slow(0, 0).await;
+        self.restart(&[]);
+        let note = format!("killed {window}");
+        self.settle(fault, before, note).await;
+        // Nothing lost: the restarted operator kept or replaced each Secret,
+        // never blanked one (the checker counts that), and wrote no key twice.
+        assert_eq!(left_behind.len(), ROLES, "Secrets after the kill");
+    }
+
+    /// Each Secret's access key ID.
+    async fn keys(&self) -> BTreeMap<String, String> {
+        let listed = self
+            .secrets
+            .list(&ListParams::default().labels(secret::SELECTOR))
+            .await
+            .expect("Secrets");
+        listed
+            .items
+            .iter()
+            .filter_map(|s| Some((s.metadata.name.clone()?, text(s, "AWS_ACCESS_KEY_ID")?)))
+            .collect()
+    }
+
+    async fn not_ready(&self) -> usize {
+        let all = self.roles.list(&ListParams::default()).await.expect("AssumedRoles");
+        all.items.iter().filter(|ar| !is_ready(ar)).count()
+    }
 }
 
 #[tokio::test]
@@ -359,22 +560,41 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
         0,
         logs.path(),
     ));
-    let log = logs.path().join("operator.log");
-    let mut operator = Operator::start(&plane, &standin.url, &log);
-    let client = plane.client().await;
+    // The operator reaches the API server through a proxy that can cut it.
+    let kubeconfig = std::fs::read_to_string(&plane.env["KUBECONFIG"]).expect("kubeconfig");
+    let server = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("the API server's address")
+        .to_string();
+    let proxy = Proxy::start(server.clone()).await;
+    let proxied = logs.path().join("kubeconfig");
+    std::fs::write(
+        &proxied,
+        kubeconfig.replace(&server, &format!("127.0.0.1:{}", proxy.port)),
+    )
+    .expect("proxied kubeconfig");
+    let setup = Setup {
+        plane,
+        standin,
+        kubeconfig: proxied,
+        logs,
+    };
+    let client = setup.plane.client().await;
     let roles: Api<AssumedRole> = Api::namespaced(client.clone(), NAMESPACE);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let operators = vec![Operator::start(&setup, "op", &[])];
     let manifests: String = (0..ROLES)
         .map(|i| {
             format!(
                 "---\napiVersion: sts.refresh.dev/v1alpha1\nkind: AssumedRole\nmetadata: {{name: role-{i}, namespace: {NAMESPACE}}}\n\
-                 spec: {{roleArn: 'arn:aws:iam::123456789012:role/role-{i}', durationSeconds: 900}}\n"
+                 spec: {{roleArn: 'arn:aws:iam::123456789012:role/role-{i}', durationSeconds: 900, refreshBefore: {REFRESH_BEFORE}s}}\n"
             )
         })
         .collect();
-    plane.kubectl(&["apply", "-f", "-"], Some(&manifests));
+    setup.plane.kubectl(&["apply", "-f", "-"], Some(&manifests));
     recovered(&roles, &secrets, Duration::from_secs(120)).await;
-    let key = Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+    let key = secrets
         .get(assumed_role_operator::hmac_key::HMAC_KEY_SECRET)
         .await
         .expect("the HMAC key")
@@ -382,51 +602,66 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
         .and_then(|mut d| d.remove("key"))
         .expect("key")
         .0;
-    let checker = Checker::start(client.clone(), key, standin.clone());
-    let calls = || async { standin.report().await["assume_role"].as_u64().unwrap_or(0) };
-    let mut rows = Vec::new();
-    let mut row = |fault, counts: (f64, f64, u32, usize), sts_calls, recover| {
-        rows.push(Row {
-            fault,
-            expired: counts.0,
-            floor: counts.1,
-            lost: counts.2,
-            mismatched: counts.3,
-            sts_calls,
-            recover,
-        });
+    let checker = Checker::start(client.clone(), key, setup.standin.clone()).await;
+    let mut m = Matrix {
+        setup,
+        proxy,
+        checker,
+        roles,
+        secrets,
+        operators,
+        rows: Vec::new(),
     };
 
-    // FAULTS_ONLY=kill,api,... runs a subset (baseline, kill, api, sts-down,
-    // throttle, slow, writer).
+    // FAULTS_ONLY=kill,api,... runs a subset.
     let only = std::env::var("FAULTS_ONLY").ok();
     let run = |key: &str| only.as_deref().is_none_or(|o| o.split(',').any(|k| k == key));
     if run("baseline") {
-        // Steady state first: a baseline with no fault, one refresh round.
-        let before = calls().await;
-        tokio::time::sleep(Duration::from_secs(150)).await;
-        row("none (150 s)", checker.take(), calls().await - before, Duration::ZERO);
+        // Steady state first: no fault, one round of refreshes.
+        let before = m.calls().await;
+        tokio::time::sleep(ROUND).await;
+        m.settle("none (one round of refreshes)", before, String::new()).await;
     }
     if run("kill") {
-        // 1. The operator killed while STS answers a refresh, then restarted.
-        let before = calls().await;
-        standin.slow(60, 4).await;
-        poll(
-            Duration::from_secs(150),
-            Duration::from_millis(100),
-            "a refresh in flight",
-            || async { (standin.report().await["inflight"].as_u64().unwrap_or(0) > 0).then_some(()) },
+        // 1. SIGKILL in each window of a refresh, then a restart.
+        m.kill_in_refresh("operator SIGKILL, STS call in flight", "in flight")
+            .await;
+        m.kill_in_refresh(
+            "operator SIGKILL, STS answered, Secret not written",
+            "after the STS answer",
         )
         .await;
-        operator.kill();
-        operator = Operator::start(&plane, &standin.url, &log);
-        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-        row(
-            "operator SIGKILL mid-refresh, restarted",
-            checker.take(),
-            calls().await - before,
-            recover,
+        m.kill_in_refresh("operator SIGKILL, Secret written, status not", "after the Secret write")
+            .await;
+    }
+    if run("leader") {
+        // 2. Two replicas; the leader killed.
+        let before = m.calls().await;
+        m.operators.clear();
+        let lease = ["--leader-elect", "--lease-duration-seconds", "15"];
+        m.operators.push(Operator::start(&m.setup, "op-a", &lease));
+        let holder = poll(Duration::from_secs(60), Duration::from_millis(200), "a leader", || {
+            m.holder()
+        })
+        .await;
+        m.operators.push(Operator::start(&m.setup, "op-b", &lease));
+        // Let the standby's caches warm and a refresh or two pass.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        m.operators[0].kill();
+        let killed = Instant::now();
+        let next = poll(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            "a new leader",
+            || async { m.holder().await.filter(|h| *h != holder) },
+        )
+        .await;
+        let note = format!(
+            "{holder} killed; {next} led {:.1} s later (lease 15 s)",
+            killed.elapsed().as_secs_f64()
         );
+        m.settle("leader SIGKILLed, two replicas", before, note).await;
+        m.restart(&[]);
     }
     if run("api") {
         // 3, 4. The API server, then etcd, stopped for 30 s.
@@ -434,55 +669,75 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
             ("kube-apiserver stopped 30 s", "kube-apiserver"),
             ("etcd stopped 30 s", "etcd"),
         ] {
-            let before = calls().await;
-            plane.cluster("stop", component);
+            let before = m.calls().await;
+            m.setup.plane.cluster("stop", component);
             tokio::time::sleep(Duration::from_secs(30)).await;
-            plane.cluster("start", component);
-            let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-            row(fault, checker.take(), calls().await - before, recover);
+            m.setup.plane.cluster("start", component);
+            m.settle(fault, before, String::new()).await;
         }
     }
-    if run("sts-down") {
-        // 5. STS unavailable for 60 s, less than the 120 s to the floor.
-        let before = calls().await;
-        checker.sts(false);
-        standin.down(60).await;
+    if run("network") {
+        // 10. The operator's network to the API server cut for a minute.
+        let before = m.calls().await;
+        m.proxy.cut(true);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        checker.sts(true);
-        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-        row("STS unavailable 60 s", checker.take(), calls().await - before, recover);
+        m.proxy.cut(false);
+        m.settle("operator's network to the API server cut 60 s", before, String::new())
+            .await;
+    }
+    if run("sts-down") {
+        // 5. STS unavailable for less than the time to the floor...
+        let before = m.calls().await;
+        m.checker.sts(false);
+        m.setup.standin.down(60).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        m.checker.sts(true);
+        m.settle(
+            "STS unavailable 60 s (less than the time to the floor)",
+            before,
+            String::new(),
+        )
+        .await;
+        // ... and for longer: those past their floor end Ready=False with
+        // their Secrets untouched, and recover on their own.
+        let before = m.calls().await;
+        let keys = m.keys().await;
+        m.checker.sts(false);
+        m.setup.standin.down(STS_LONG.as_secs() as u32).await;
+        tokio::time::sleep(STS_LONG).await;
+        let not_ready = m.not_ready().await;
+        assert_eq!(m.keys().await, keys, "Secrets changed while STS was down");
+        assert!(not_ready > 0, "no AssumedRole reached its floor during the outage");
+        m.checker.sts(true);
+        let note = format!("{not_ready} of {ROLES} Ready=False at the end, every Secret untouched");
+        m.settle("STS unavailable 150 s (past the floor)", before, note).await;
     }
     if run("throttle") {
         // 6. STS throttling every call for a minute.
-        let before = calls().await;
-        checker.sts(false);
-        standin.throttle(60).await;
+        let before = m.calls().await;
+        m.checker.sts(false);
+        m.setup.standin.throttle(60).await;
         tokio::time::sleep(Duration::from_secs(60)).await;
-        checker.sts(true);
-        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-        row("STS throttling 60 s", checker.take(), calls().await - before, recover);
+        m.checker.sts(true);
+        m.settle("STS throttling every call 60 s", before, String::new()).await;
     }
     if run("slow") {
-        // 7. STS answering in 3 s per call for two minutes: slow is healthy.
-        let before = calls().await;
-        standin.slow(120, 3).await;
-        tokio::time::sleep(Duration::from_secs(120)).await;
-        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-        row(
-            "STS 3 s per call for 120 s",
-            checker.take(),
-            calls().await - before,
-            recover,
-        );
+        // 7. STS answering in 3 s per call for a round: slow is healthy.
+        let before = m.calls().await;
+        m.setup.standin.slow(ROUND.as_secs() as u32, 3).await;
+        tokio::time::sleep(ROUND).await;
+        m.settle("STS answering in 3 s per call, one round", before, String::new())
+            .await;
     }
     if run("writer") {
         // 8. Another writer deletes one owned Secret and edits another, three
         // rounds, ten seconds apart.
-        let before = calls().await;
+        let before = m.calls().await;
         for round in 0..3 {
-            let _ = secrets.delete(&format!("role-{round}"), &Default::default()).await;
+            let _ = m.secrets.delete(&format!("role-{round}"), &Default::default()).await;
             let patch = serde_json::json!({"data": {"AWS_ACCESS_KEY_ID": "QUtJQUZPUkdFRA=="}});
-            let _ = secrets
+            let _ = m
+                .secrets
                 .patch(
                     &format!("role-{}", round + 10),
                     &kube::api::PatchParams::default(),
@@ -491,28 +746,53 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
                 .await;
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
-        let recover = recovered(&roles, &secrets, Duration::from_secs(240)).await;
-        row(
-            "another writer deletes and edits Secrets",
-            checker.take(),
-            calls().await - before,
-            recover,
-        );
+        m.settle("another writer deletes and edits Secrets", before, String::new())
+            .await;
     }
-    drop(checker);
-    drop(operator);
-    println!("\n| fault | expired s | floor breach s | lost | mismatched | STS calls | recovered in |");
-    println!("|---|---|---|---|---|---|---|");
+    if run("clock") {
+        // 9. The operator's clock two minutes ahead, then behind, for a round
+        // of refreshes each.
+        for (fault, offset) in [
+            ("operator's clock 2 min ahead", "120"),
+            ("operator's clock 2 min behind", "-120"),
+        ] {
+            let before = m.calls().await;
+            m.restart(&["--clock-offset-seconds", offset]);
+            tokio::time::sleep(ROUND).await;
+            let log = m.operators[0].log();
+            let measured = log
+                .lines()
+                .filter(|l| l.contains("clock is off"))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|l| l["fields"]["offset_seconds"].as_i64())
+                .next_back();
+            m.restart(&[]);
+            let note = format!("offset measured from the API server's Date: {measured:?} s");
+            m.settle(fault, before, note).await;
+        }
+    }
+    let rows = std::mem::take(&mut m.rows);
+    if let Ok(keep) = std::env::var("ARO_KEEP_LOGS") {
+        let _ = std::fs::create_dir_all(&keep);
+        for op in ["op", "op-a", "op-b"] {
+            let name = format!("operator-{op}.log");
+            let _ = std::fs::copy(m.setup.logs.path().join(&name), std::path::Path::new(&keep).join(&name));
+        }
+    }
+    drop(m);
+    println!("\n| fault | expired s | floor breach s | lost | mismatched | STS calls | recovered in | notes |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {:.1} s |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {:.1} s | {} |",
             r.fault,
             r.expired,
             r.floor,
             r.lost,
             r.mismatched,
             r.sts_calls,
-            r.recover.as_secs_f64()
+            r.recover.as_secs_f64(),
+            r.note
         );
     }
     let breaches: Vec<&str> = rows

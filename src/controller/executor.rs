@@ -221,6 +221,9 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 // Held before the write: if the write fails, the retry
                 // writes this set rather than calling STS again.
                 ctx.memory.hold(&target.uid, held.clone());
+                ctx.test_pauses
+                    .pause(ctx.test_pauses.after_sts, "after the STS answer")
+                    .await;
                 let note = format!("wrote new credentials to Secret {}", target.secret_name);
                 let written = Some((Reason::CredentialsRefreshed, note));
                 return write_and_report(ar, ctx, target, held, refresh, written, serving, Some(issued), now).await;
@@ -390,6 +393,9 @@ async fn write_and_report(
         });
         if *reason == Reason::CredentialsRefreshed {
             info!(secret = %target.secret_name, expires = %held.creds.expiration, refresh = %refresh.at, "wrote new credentials");
+            ctx.test_pauses
+                .pause(ctx.test_pauses.after_secret_write, "after the Secret write")
+                .await;
         }
     }
     held.written = true;
@@ -653,7 +659,11 @@ async fn patch_status(
 }
 
 async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: Reason, note: &str) {
-    if let Err(e) = ctx.events.publish(ar, type_, reason.as_str(), note).await {
+    if let Err(e) = ctx
+        .events
+        .publish(ar, type_, reason.as_str(), note, ctx.clock.now())
+        .await
+    {
         warn!(error = %crate::api_message(&e), "could not publish an Event");
     }
 }

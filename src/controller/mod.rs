@@ -65,6 +65,10 @@ pub struct Context {
     /// Audience of ServiceAccount tokens when the spec names none
     /// (`--token-audience`).
     pub token_audience: String,
+    /// Testing only: pauses at the points where a crash is worst.
+    pub test_pauses: TestPauses,
+    /// The operator's clock, corrected to the API server's.
+    pub clock: Arc<crate::clock::Clock>,
     /// The STS budget shared by every reconcile.
     pub budget: Mutex<crate::budget::Bucket>,
     /// Whether this replica holds the leader Lease (always, without leader
@@ -88,6 +92,26 @@ pub struct Context {
     api_back: tokio::sync::broadcast::Sender<()>,
 }
 
+/// Testing only (hidden flags): how long a refresh pauses right after STS
+/// answered and right after the Secret was written, so that a test can kill
+/// the operator in those windows. Zero, so no pause, in production.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TestPauses {
+    /// After the STS answer, before the Secret write.
+    pub after_sts: Duration,
+    /// After the Secret write, before the status write.
+    pub after_secret_write: Duration,
+}
+
+impl TestPauses {
+    async fn pause(&self, length: Duration, point: &str) {
+        if !length.is_zero() {
+            warn!(point, seconds = length.as_secs_f64(), "testing: pausing the refresh");
+            tokio::time::sleep(length).await;
+        }
+    }
+}
+
 impl Context {
     /// Builds a context.
     pub fn new(
@@ -108,6 +132,8 @@ impl Context {
             grants: Grants::default(),
             token_audience: crate::source::DEFAULT_AUDIENCE.into(),
             leading: tokio::sync::watch::channel(true).1,
+            clock: Arc::default(),
+            test_pauses: TestPauses::default(),
             budget: Mutex::new(crate::budget::Bucket::new(
                 DEFAULT_STS_RATE,
                 DEFAULT_STS_BURST,
@@ -139,7 +165,7 @@ impl Context {
     /// Notes that a watch heard from the API server just now.
     fn saw_api(&self) {
         self.api_seen
-            .store(Timestamp::now().as_millisecond(), std::sync::atomic::Ordering::Relaxed);
+            .store(self.clock.now().as_millisecond(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// When a watch last heard from the API server.
@@ -192,7 +218,7 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
     let started = std::time::Instant::now();
     let target = Target::of(&ar);
     let (action, reason) = match &target {
-        Ok(target) => executor::execute(&ar, &ctx, target, Timestamp::now()).await,
+        Ok(target) => executor::execute(&ar, &ctx, target, ctx.clock.now()).await,
         Err(_) => (Action::await_change(), Reason::MissingMetadata),
     };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());

@@ -56,6 +56,7 @@ impl EventPublisher {
         type_: EventType,
         reason: &str,
         note: &str,
+        now: Timestamp,
     ) -> Result<(), kube::Error> {
         let namespace = ar.namespace().unwrap_or_else(|| "default".into());
         let name = ar.name_any();
@@ -63,7 +64,6 @@ impl EventPublisher {
             EventType::Normal => "Normal",
             EventType::Warning => "Warning",
         };
-        let now = Timestamp::now();
         let key = (
             ar.uid().unwrap_or_default(),
             reason.to_string(),

@@ -50,15 +50,19 @@ impl ControlPlane {
             .expect("run hack/cluster.sh");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         if verb == "start" {
-            // The PID on record is the component's own, so that `down` stops it.
+            // The PID on record is the component's own, so that `down` stops
+            // it. The shell forks before it execs the binary: poll, bounded.
             let pid = std::fs::read_to_string(self.state.join("pids").join(component)).expect("PID file");
-            let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap_or_default();
             let binary = if component == "etcd" { "server" } else { component };
-            assert!(
-                exe.file_name().is_some_and(|f| f == binary),
-                "PID {} runs {exe:?}, not {component}",
-                pid.trim()
-            );
+            let mut exe = PathBuf::new();
+            for _ in 0..100 {
+                exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap_or_default();
+                if exe.file_name().is_some_and(|f| f == binary) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            panic!("PID {} runs {exe:?}, not {component}", pid.trim());
         }
     }
 
@@ -104,6 +108,12 @@ impl Drop for ControlPlane {
             .arg(script())
             .args(["down", self.state.to_str().unwrap_or_default()])
             .output();
+        // ARO_KEEP_LOGS=DIR keeps the components' logs for a post-mortem.
+        if let Ok(keep) = std::env::var("ARO_KEEP_LOGS") {
+            let _ = Command::new("cp")
+                .args(["-r", self.state.join("logs").to_str().unwrap_or_default(), &keep])
+                .output();
+        }
     }
 }
 
