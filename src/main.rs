@@ -19,7 +19,7 @@ use assumed_role_operator::{
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(version, about = "Keeps AWS STS AssumeRole credentials fresh in Kubernetes Secrets")]
@@ -209,7 +209,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_layer(&ClockLayer::new(clock.clone(), state.metrics.clock_offset.clone()))
         .with_layer(&api_limit::ApiLimitLayer::new(args.api_qps, args.api_burst))
         .build();
-    let hmac_key = hmac_key::load_hmac_key(client.clone(), &args.namespace).await?;
+    let Some(hmac_key) = hmac_key_when_reachable(&client, &args.namespace, &shutdown).await? else {
+        return Ok(());
+    };
     let sts = Arc::new(AwsSts::from_env().await);
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
     ctx.session_tags = args.session_tags;
@@ -300,6 +302,32 @@ async fn stop(admin_server: tokio::task::JoinHandle<std::io::Result<()>>, lost: 
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
+/// The HMAC key, once the API server answers: an operator that starts while
+/// the API server (or the network to it) is away waits for it, with a
+/// capped backoff, rather than exit into a crash loop whose own backoff
+/// outlasts the outage. A refusal (RBAC) ends the run. `None` on shutdown.
+async fn hmac_key_when_reachable(
+    client: &kube::Client,
+    namespace: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match hmac_key::load_hmac_key(client.clone(), namespace).await {
+            Ok(key) => return Ok(Some(key)),
+            Err(e) if e.reason() == assumed_role_operator::outcome::Reason::GetSecret => {
+                warn!(error = %e, retry_in_seconds = wait.as_secs(), "the API server does not answer yet");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn signal_shutdown(token: CancellationToken) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -919,4 +919,84 @@ mod tests {
         // STS being down is not the API server's: the backoff stands.
         assert!(matches!(plan(&sts_down, later), Plan::Wait { .. }));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Keys the operator reads, and any others.
+        fn annotation_key() -> impl Strategy<Value = String> {
+            let ours: Vec<String> = secret::SIGNED_ANNOTATIONS
+                .iter()
+                .chain([&secret::DATA_HMAC_ANNOTATION, &secret::SOURCE_KEY_ANNOTATION])
+                .map(|k| k.to_string())
+                .collect();
+            prop_oneof![proptest::sample::select(ours), "[ -~]{0,40}"]
+        }
+
+        /// Values that look like what the operator writes (a far-off
+        /// expiration, an issue time), and any others.
+        fn annotation_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("2999-01-01T00:00:00Z".to_string()),
+                Just(now().to_string()),
+                "[ -~]{0,40}",
+            ]
+        }
+
+        fn data_key() -> impl Strategy<Value = String> {
+            let ours: Vec<String> = secret::CREDENTIAL_KEYS.iter().map(|k| k.to_string()).collect();
+            prop_oneof![proptest::sample::select(ours), "[ -~]{0,24}"]
+        }
+
+        proptest! {
+            /// Whatever another writer does to an owned Secret's data and
+            /// annotations, the decision never skips a due refresh, never
+            /// keeps credentials other than those the operator wrote, and
+            /// never plans a write under another name.
+            #[test]
+            fn no_edit_of_an_owned_secret_skips_a_due_refresh_or_moves_the_credentials(
+                age in 0i64..60,
+                data in proptest::collection::btree_map(data_key(), proptest::collection::vec(any::<u8>(), 0..48), 0..6),
+                annotations in proptest::collection::btree_map(annotation_key(), annotation_value(), 0..6),
+                replace_data in any::<bool>(),
+            ) {
+                let ar = AssumedRole::test();
+                let target = Target::of(&ar).expect("target");
+                let original = fixtures::owned_secret(&ar, SignedDuration::from_mins(age), SignedDuration::from_hours(1));
+                let mut edited = original.clone();
+                let edited_data = edited.data.get_or_insert_default();
+                if replace_data {
+                    edited_data.clear();
+                }
+                for (k, v) in data {
+                    edited_data.insert(k, k8s_openapi::ByteString(v));
+                }
+                let meta = edited.metadata.annotations.get_or_insert_default();
+                for (k, v) in annotations {
+                    meta.insert(k, v);
+                }
+                let unedited = decide_with(&ar, None, None, Some(&SecretView::of(&ar, Some(&original), KEY)));
+                let plan = decide_with(&ar, None, None, Some(&SecretView::of(&ar, Some(&edited), KEY)));
+                match (&unedited, &plan) {
+                    // Due: whatever the edit, STS is asked.
+                    (Plan::Mint { .. }, Plan::Mint { .. }) => {}
+                    (Plan::Mint { .. }, other) => {
+                        return Err(TestCaseError::fail(format!("a due refresh became {other:?}")));
+                    }
+                    // Not due: kept only as the operator wrote it, and when
+                    // the operator would have refreshed it anyway.
+                    (Plan::Keep { .. }, Plan::Keep { held, .. }) => {
+                        prop_assert_eq!(&plan, &unedited);
+                        prop_assert_eq!(&held.secret_name, &target.secret_name);
+                    }
+                    (Plan::Keep { .. }, Plan::Mint { .. }) => {}
+                    (original_plan, other) => {
+                        return Err(TestCaseError::fail(format!("{original_plan:?} became {other:?}")));
+                    }
+                }
+            }
+        }
+    }
 }
