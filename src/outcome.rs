@@ -160,6 +160,12 @@ impl Reason {
         matches!(self, Self::GetSecret | Self::ApplySecret | Self::PatchStatus)
     }
 
+    /// Whether this failure is STS being down or throttling rather than
+    /// about the role: over once STS answers a call again.
+    pub fn is_sts_outage(self) -> bool {
+        matches!(self, Self::StsUnavailable | Self::Throttled)
+    }
+
     /// The `result` label of `reconciles_total`: a handful of fixed words,
     /// so that a dashboard can tell working AssumedRoles from failing ones.
     pub fn category(self) -> &'static str {

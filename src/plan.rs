@@ -160,6 +160,8 @@ pub struct Facts<'a> {
     pub secret: Option<&'a SecretView>,
     /// When a watch last heard from the API server.
     pub api_seen: Option<Timestamp>,
+    /// When STS last answered a call (throttling and 5xx are no answer).
+    pub sts_seen: Option<Timestamp>,
     /// Whether the operator tags each session with the AssumedRole's
     /// namespace and name (`--session-tags`).
     pub session_tags: bool,
@@ -257,6 +259,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         memory,
         secret,
         api_seen,
+        sts_seen,
         session_tags,
         token_audience,
         source_key,
@@ -315,14 +318,16 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     // whether or not its status could be written, unless its spec changed,
     // or it lost a conflict (over as soon as the other Secret is gone, which
     // the Secret watch tells), or it could not reach the API server and a
-    // watch has heard from it since.
+    // watch has heard from it since, or STS was down or throttling and has
+    // answered a call since.
     if let Some((count, last, reason)) = failures(&status, memory, target.generation) {
         let last_reason = reason.or_else(|| ready_reason(&status));
         let api_back = last_reason.is_some_and(Reason::is_api_failure) && api_seen.is_some_and(|t| t > last);
+        let sts_back = last_reason.is_some_and(Reason::is_sts_outage) && sts_seen.is_some_and(|t| t > last);
         // A denial ends when a policy allows again, which the policy and
         // namespace watches tell: no backoff either.
         let over_on_event = matches!(last_reason, Some(Reason::SecretConflict | Reason::PolicyDenied));
-        if !over_on_event && !api_back {
+        if !over_on_event && !api_back && !sts_back {
             let expires = held
                 .map(|h| h.creds.expiration)
                 .or(status.expiration_time.as_ref().map(|t| t.0));
@@ -513,6 +518,7 @@ mod tests {
             memory,
             secret,
             api_seen: None,
+            sts_seen: None,
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
@@ -685,6 +691,7 @@ mod tests {
             memory,
             secret,
             api_seen: None,
+            sts_seen: None,
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
@@ -786,6 +793,7 @@ mod tests {
                 memory: None,
                 secret: Some(&view),
                 api_seen: None,
+                sts_seen: None,
                 session_tags: false,
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key,
@@ -867,6 +875,7 @@ mod tests {
             memory: Some(&m),
             secret: None,
             api_seen: None,
+            sts_seen: None,
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
@@ -879,7 +888,7 @@ mod tests {
     }
 
     #[test]
-    fn once_a_watch_hears_from_the_api_server_again_its_failures_wait_no_longer() {
+    fn once_the_api_server_or_sts_answers_again_their_failures_wait_no_longer() {
         let ar = AssumedRole::test();
         let target = Target::of(&ar).expect("target");
         // Decided half a second after the fifth failure: every backoff
@@ -893,7 +902,7 @@ mod tests {
             generation: Some(1),
             unreported: true,
         };
-        let plan = |m: &Remembered, api_seen| {
+        let plan = |m: &Remembered, api_seen, sts_seen| {
             decide(&Facts {
                 ar: &ar,
                 target: &target,
@@ -901,6 +910,7 @@ mod tests {
                 memory: Some(m),
                 secret: None,
                 api_seen,
+                sts_seen,
                 session_tags: false,
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key: None,
@@ -913,11 +923,19 @@ mod tests {
         let sts_down = memory(Reason::StsUnavailable);
         let later = Some(failed + SignedDuration::from_millis(250));
         let earlier = Some(failed - SignedDuration::from_secs(5));
-        assert!(matches!(plan(&unreachable, None), Plan::Wait { .. }));
-        assert!(matches!(plan(&unreachable, earlier), Plan::Wait { .. }));
-        assert_eq!(plan(&unreachable, later), Plan::ReadSecret);
-        // STS being down is not the API server's: the backoff stands.
-        assert!(matches!(plan(&sts_down, later), Plan::Wait { .. }));
+        let throttled = memory(Reason::Throttled);
+        let denied = memory(Reason::AccessDenied);
+        assert!(matches!(plan(&unreachable, None, None), Plan::Wait { .. }));
+        assert!(matches!(plan(&unreachable, earlier, None), Plan::Wait { .. }));
+        assert_eq!(plan(&unreachable, later, None), Plan::ReadSecret);
+        // STS being down is not the API server's: the backoff stands...
+        assert!(matches!(plan(&sts_down, later, None), Plan::Wait { .. }));
+        assert!(matches!(plan(&sts_down, None, earlier), Plan::Wait { .. }));
+        // ... until STS answers a call again.
+        assert_eq!(plan(&sts_down, None, later), Plan::ReadSecret);
+        assert_eq!(plan(&throttled, None, later), Plan::ReadSecret);
+        // A refusal is about the role, not STS's health: its backoff stands.
+        assert!(matches!(plan(&denied, None, later), Plan::Wait { .. }));
     }
 
     mod properties {

@@ -183,9 +183,17 @@ pub fn backoff(failures: u32, now: Timestamp, expires: Option<Timestamp>, seed: 
 /// `last_failure`, may try again. Every retry decision reads this one
 /// schedule from the values persisted in status, so a requeue, a restart and
 /// the backoff check at the top of a reconcile all agree.
+///
+/// A retry is never later than the moment the current credentials reach
+/// the floor: that try's report turns `Ready` false as the Secret stops
+/// serving, rather than a backoff step later.
 pub fn retry_at(uid: &str, failures: i32, last_failure: Timestamp, expires: Option<Timestamp>) -> Timestamp {
     let seed = jitter_seed(uid, last_failure);
-    last_failure + backoff(failures.max(1).unsigned_abs(), last_failure, expires, seed)
+    let retry = last_failure + backoff(failures.max(1).unsigned_abs(), last_failure, expires, seed);
+    match expires {
+        Some(expires) if last_failure < expires - FLOOR => retry.min(expires - FLOOR),
+        _ => retry,
+    }
 }
 
 /// `t` without its fraction of a second: the precision of every timestamp in
@@ -201,6 +209,24 @@ mod tests {
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn a_retry_is_never_later_than_the_floor_of_the_credentials_serving() {
+        let expires = at(1000);
+        // The tenth failure, 2 s before the floor: the backoff alone would
+        // wait longer, and the retry comes at the floor.
+        let last = expires - FLOOR - SignedDuration::from_secs(2);
+        let waited = backoff(10, last, Some(expires), jitter_seed("uid", last));
+        assert!(waited > SignedDuration::from_secs(2), "{waited:?}");
+        assert_eq!(retry_at("uid", 10, last, Some(expires)), expires - FLOOR);
+        // The try at the floor failed too: the backoff applies again, with
+        // no retry in the same second.
+        let retry = retry_at("uid", 11, expires - FLOOR, Some(expires));
+        assert!(retry > expires - FLOOR, "{retry}");
+        // Without credentials the backoff alone decides.
+        let without = retry_at("uid", 10, last, None);
+        assert_eq!(without, last + backoff(10, last, None, jitter_seed("uid", last)));
     }
 
     fn setting() -> impl Strategy<Value = RefreshBefore> {

@@ -363,32 +363,43 @@ impl Drop for Operator {
     }
 }
 
-/// Waits until every AssumedRole is Ready and every Secret is on schedule:
-/// its credentials have no less left than `refreshBefore` (less 10 s for
-/// the refresh itself), so that no refresh is overdue; returns how long that
-/// took. A Secret merely above the floor would not show that the operator
-/// works again.
+/// Waits until the operator has caught up: every AssumedRole Ready, no
+/// refresh overdue (its status's `refreshTime` not more than 10 s past), its
+/// status telling the expiration that its Secret holds, and that more than
+/// the floor away. Returns how long that took. (A Secret merely above the
+/// floor would not show that the operator works again: the workload
+/// refreshes 90 s before it.)
 async fn recovered(roles: &Api<AssumedRole>, secrets: &Api<Secret>, limit: Duration) -> Duration {
     let started = Instant::now();
     poll(
         limit,
         Duration::from_millis(500),
-        "every AssumedRole Ready and fresh",
+        "every AssumedRole Ready, on schedule, its status matching its Secret",
         || async {
             let all = roles.list(&ListParams::default()).await.ok()?;
             let listed = secrets
                 .list(&ListParams::default().labels(secret::SELECTOR))
                 .await
                 .ok()?;
-            let ready = all.items.len() == ROLES && all.items.iter().all(is_ready);
             let now = Timestamp::now();
-            // The AssumedRoles' Secrets, not the key that signs them.
-            let fresh = listed
+            let expirations: BTreeMap<String, Timestamp> = listed
                 .items
                 .iter()
-                .filter(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("role-")))
-                .all(|s| text(s, "expiration").is_some_and(|e| left(&e, now) > i64::from(REFRESH_BEFORE) - 10));
-            (ready && fresh).then(|| started.elapsed())
+                .filter_map(|s| Some((s.metadata.name.clone()?, text(s, "expiration")?.parse().ok()?)))
+                .collect();
+            let caught_up = all.items.len() == ROLES
+                && all.items.iter().all(|ar| {
+                    let status = ar.status.clone().unwrap_or_default();
+                    let expires = status.expiration_time.map(|t| t.0);
+                    is_ready(ar)
+                        && status
+                            .refresh_time
+                            .is_some_and(|t| t.0 > now - jiff::SignedDuration::from_secs(10))
+                        && expires.is_some()
+                        && expirations.get(&ar.metadata.name.clone().unwrap_or_default()) == expires.as_ref()
+                        && expires.is_some_and(|e| e.duration_since(now).as_secs() > FLOOR)
+                });
+            caught_up.then(|| started.elapsed())
         },
     )
     .await
@@ -404,13 +415,6 @@ fn is_ready(ar: &AssumedRole) -> bool {
 fn text(secret: &Secret, key: &str) -> Option<String> {
     let value = secret.data.as_ref()?.get(key)?;
     String::from_utf8(value.0.clone()).ok()
-}
-
-/// Seconds left before an RFC 3339 expiration (negative past it).
-fn left(expiration: &str, now: Timestamp) -> i64 {
-    expiration
-        .parse::<Timestamp>()
-        .map_or(i64::MIN, |e| e.duration_since(now).as_secs())
 }
 
 struct Row {

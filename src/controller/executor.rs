@@ -50,6 +50,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             memory: memory.as_ref(),
             secret: view.as_ref(),
             api_seen: ctx.api_seen(),
+            sts_seen: ctx.sts_seen(),
             session_tags: ctx.session_tags,
             token_audience: &ctx.token_audience,
             source_key: source_key.as_deref(),
@@ -183,6 +184,10 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"),
                     calling.elapsed(),
                 );
+                ctx.sts_answered(!matches!(
+                    &outcome,
+                    Err(StsError::Throttled(_) | StsError::Unavailable(_))
+                ));
                 if let Ok(mut bucket) = ctx.budget.lock() {
                     match &outcome {
                         Err(StsError::Throttled(_)) => {

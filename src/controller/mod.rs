@@ -86,9 +86,13 @@ pub struct Context {
     api_seen: std::sync::atomic::AtomicI64,
     /// Set when a call to the API server failed, cleared when one works.
     api_down: std::sync::atomic::AtomicBool,
-    /// Tells every controller loop that the API server answers again, so
-    /// that the AssumedRoles waiting out a backoff from the outage catch up
-    /// at once rather than each at its own retry time.
+    /// When STS last answered a call (Unix milliseconds; 0 for never).
+    sts_seen: std::sync::atomic::AtomicI64,
+    /// Set when STS was down or throttled a call, cleared when it answers.
+    sts_down: std::sync::atomic::AtomicBool,
+    /// Tells every controller loop that the API server or STS answers
+    /// again, so that the AssumedRoles waiting out a backoff from the outage
+    /// catch up at once rather than each at its own retry time.
     api_back: tokio::sync::broadcast::Sender<()>,
 }
 
@@ -143,6 +147,8 @@ impl Context {
             owned_secrets: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),
             api_down: std::sync::atomic::AtomicBool::new(false),
+            sts_seen: std::sync::atomic::AtomicI64::new(0),
+            sts_down: std::sync::atomic::AtomicBool::new(false),
             api_back: tokio::sync::broadcast::channel(4).0,
         }
     }
@@ -160,6 +166,28 @@ impl Context {
         } else {
             self.api_down.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Notes whether STS answered a call (throttling and 5xx are no
+    /// answer); the first answer after an outage tells the controller loops.
+    pub(crate) fn sts_answered(&self, answered: bool) {
+        use std::sync::atomic::Ordering;
+        if answered {
+            self.sts_seen
+                .store(self.clock.now().as_millisecond(), Ordering::Relaxed);
+            if self.sts_down.swap(false, Ordering::Relaxed) {
+                info!("STS answers again; retrying every AssumedRole that waited on it");
+                let _ = self.api_back.send(());
+            }
+        } else {
+            self.sts_down.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When STS last answered a call.
+    fn sts_seen(&self) -> Option<Timestamp> {
+        let millis = self.sts_seen.load(std::sync::atomic::Ordering::Relaxed);
+        (millis > 0).then(|| Timestamp::from_millisecond(millis).ok()).flatten()
     }
 
     /// Notes that a watch heard from the API server just now.
