@@ -41,12 +41,14 @@ cargo test --locked --test e2e -- --ignored --skip "$MATRIX" --test-threads "${E
 # The chart tests run operators that watch the whole cluster: one at a time.
 cargo test --locked --test chart -- --ignored --test-threads 1 "$@"
 # The SDK matrix runs for four minutes, mostly waiting; no operator that
-# watches the whole cluster may run beside it. It runs while the demo and
-# the outages run on control planes of their own.
-cargo test --locked --test e2e --test demo --test outage --no-run
+# watches the whole cluster may run beside it. It runs while the demo, the
+# outages and a shortened fault matrix (the SIGKILL windows and the network
+# cuts; `make faults` runs all) run on control planes of their own.
+cargo test --locked --test e2e --test demo --test outage --test faults --no-run
 cargo test --locked --test e2e -- --ignored --exact "$MATRIX" --nocapture >"$STATE/sdk-matrix.log" 2>&1 &
 MATRIX_PID=$!
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
+FAULTS_ONLY="${FAULTS_ONLY:-kill,network}" cargo test --locked --test faults -- --ignored --nocapture "$@"
 matrix_rc=0
 wait "$MATRIX_PID" || matrix_rc=$?
 MATRIX_PID=""
