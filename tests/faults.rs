@@ -538,8 +538,31 @@ impl Matrix {
             .collect();
         self.setup.standin.slow(0, 0).await;
         self.restart(&[]);
-        self.settle(fault, before, String::new()).await;
+        let restarted = Instant::now();
         assert!(!due.is_empty(), "{fault}: no AssumedRole was being refreshed");
+        // Each of them planned anew by the restarted operator.
+        poll(
+            Duration::from_secs(120),
+            Duration::from_millis(250),
+            "the AssumedRoles left due planned anew",
+            || async {
+                let listed = self.roles.list(&ListParams::default()).await.ok()?;
+                let now = Timestamp::now();
+                listed
+                    .items
+                    .iter()
+                    .filter(|ar| due.contains_key(ar.metadata.name.as_deref().unwrap_or_default()))
+                    .all(|ar| {
+                        ar.status
+                            .as_ref()
+                            .and_then(|s| s.refresh_time.as_ref())
+                            .is_some_and(|t| t.0 > now)
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        self.settle(fault, before, String::new()).await;
         let report = self.setup.standin.report().await;
         let mut notes = Vec::new();
         for (name, written) in &due {
@@ -552,7 +575,10 @@ impl Matrix {
                 notes.push(format!("{name}: refreshed by the restarted operator"));
             }
         }
-        self.rows.last_mut().expect("the row").note = format!("killed {window}; {}", notes.join("; "));
+        let row = self.rows.last_mut().expect("the row");
+        row.note = format!("killed {window}; {}", notes.join("; "));
+        // Recovered counts from the restart, the wait for the replans in.
+        row.recover = restarted.elapsed();
     }
 
     /// Each Secret's expiration.
