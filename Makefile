@@ -43,7 +43,7 @@ image-check: ## The Dockerfile's release build, the binary's linkage, and hadoli
 test: lint unit e2e image-check ## Everything CI checks
 
 .PHONY: faults
-faults: cluster ## The fault matrix: every fault of the README's Reliability table under a steady workload, one row each (about 25 minutes)
+faults: cluster ## The fault matrix: every fault of the README's Reliability table under a steady workload, one row each (about 20 minutes)
 	$(CARGO) test --locked --test faults -- --ignored --nocapture
 
 .PHONY: bench
