@@ -284,6 +284,16 @@ async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>
         })
         .count();
     assert!(unreported <= ROLES, "{unreported} status writes tried into the outage");
+    if caught_up >= Duration::from_secs(60) {
+        // What held the operator back: its warnings after the restart.
+        for line in lines
+            .iter()
+            .filter(|l| time_of(l).is_some_and(|t| t > to) && l["level"] == "WARN")
+            .take(40)
+        {
+            eprintln!("{line}");
+        }
+    }
     assert!(
         caught_up < Duration::from_secs(60),
         "caught up only after {caught_up:?}"
