@@ -42,6 +42,17 @@ pub enum StsError {
 }
 
 impl StsError {
+    /// What this error says of STS's health: `Some(false)` when STS is down
+    /// or throttling, `None` when STS was never reached (no credentials to
+    /// sign with), `Some(true)` when STS answered (a refusal is an answer).
+    pub fn sts_answered(&self) -> Option<bool> {
+        match self {
+            Self::Throttled(_) | Self::Unavailable(_) => Some(false),
+            Self::NoCredentials(_) => None,
+            _ => Some(true),
+        }
+    }
+
     /// The condition reason and Event reason for this error.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -374,6 +385,15 @@ fn credentials_problem(err: &(dyn std::error::Error + 'static)) -> Option<String
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_call_that_reached_sts_tells_of_its_health() {
+        assert_eq!(StsError::Throttled("x".into()).sts_answered(), Some(false));
+        assert_eq!(StsError::Unavailable("x".into()).sts_answered(), Some(false));
+        assert_eq!(StsError::AccessDenied("x".into()).sts_answered(), Some(true));
+        assert_eq!(StsError::InvalidRequest("x".into()).sts_answered(), Some(true));
+        assert_eq!(StsError::NoCredentials("x".into()).sts_answered(), None);
+    }
+
     use aws_sdk_sts::{
         Client,
         config::{http::HttpResponse, retry::RetryConfig},

@@ -377,24 +377,14 @@ async fn recovered(roles: &Api<AssumedRole>, secrets: &Api<Secret>, limit: Durat
         "every AssumedRole Ready, on schedule, its status matching its Secret",
         || async {
             let all = roles.list(&ListParams::default()).await.ok()?;
-            let listed = secrets
-                .list(&ListParams::default().labels(secret::SELECTOR))
-                .await
-                .ok()?;
+            let expirations = expirations(secrets).await.ok()?;
             let now = Timestamp::now();
-            let expirations: BTreeMap<String, Timestamp> = listed
-                .items
-                .iter()
-                .filter_map(|s| Some((s.metadata.name.clone()?, text(s, "expiration")?.parse().ok()?)))
-                .collect();
             let caught_up = all.items.len() == ROLES
                 && all.items.iter().all(|ar| {
                     let status = ar.status.clone().unwrap_or_default();
                     let expires = status.expiration_time.map(|t| t.0);
                     is_ready(ar)
-                        && status
-                            .refresh_time
-                            .is_some_and(|t| t.0 > now - jiff::SignedDuration::from_secs(10))
+                        && refresh_time(ar).is_some_and(|t| t > now - jiff::SignedDuration::from_secs(10))
                         && expires.is_some()
                         && expirations.get(&ar.metadata.name.clone().unwrap_or_default()) == expires.as_ref()
                         && expires.is_some_and(|e| e.duration_since(now).as_secs() > FLOOR)
@@ -411,10 +401,34 @@ fn is_ready(ar: &AssumedRole) -> bool {
         .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// When the AssumedRole's status says it will refresh.
+fn refresh_time(ar: &AssumedRole) -> Option<Timestamp> {
+    Some(ar.status.as_ref()?.refresh_time.as_ref()?.0)
+}
+
 /// A data key of a Secret, as text.
 fn text(secret: &Secret, key: &str) -> Option<String> {
     let value = secret.data.as_ref()?.get(key)?;
     String::from_utf8(value.0.clone()).ok()
+}
+
+/// The data key `key` of every owned Secret that has it, as text, by name.
+async fn owned_data(secrets: &Api<Secret>, key: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+    let listed = secrets.list(&ListParams::default().labels(secret::SELECTOR)).await?;
+    Ok(listed
+        .items
+        .iter()
+        .filter_map(|s| Some((s.metadata.name.clone()?, text(s, key)?)))
+        .collect())
+}
+
+/// Each owned Secret's expiration, by name.
+async fn expirations(secrets: &Api<Secret>) -> Result<BTreeMap<String, Timestamp>, kube::Error> {
+    let texts = owned_data(secrets, "expiration").await?;
+    Ok(texts
+        .into_iter()
+        .filter_map(|(n, e)| Some((n, e.parse().ok()?)))
+        .collect())
 }
 
 struct Row {
@@ -521,11 +535,11 @@ impl Matrix {
         // holds new credentials that their status does not tell yet.
         let now = Timestamp::now();
         let listed = self.roles.list(&ListParams::default()).await.expect("AssumedRoles");
-        let expirations = self.expirations().await;
+        let expirations = expirations(&self.secrets).await.expect("Secrets");
         let mut due = BTreeMap::new();
         for ar in &listed.items {
             let status = ar.status.clone().unwrap_or_default();
-            if status.refresh_time.is_some_and(|t| t.0 <= now) {
+            if refresh_time(ar).is_some_and(|t| t <= now) {
                 let name = ar.metadata.name.clone().unwrap_or_default();
                 let written = expirations.get(&name) != status.expiration_time.map(|t| t.0).as_ref();
                 due.insert(name, written);
@@ -552,12 +566,7 @@ impl Matrix {
                     .items
                     .iter()
                     .filter(|ar| due.contains_key(ar.metadata.name.as_deref().unwrap_or_default()))
-                    .all(|ar| {
-                        ar.status
-                            .as_ref()
-                            .and_then(|s| s.refresh_time.as_ref())
-                            .is_some_and(|t| t.0 > now)
-                    })
+                    .all(|ar| refresh_time(ar).is_some_and(|t| t > now))
                     .then_some(())
             },
         )
@@ -581,20 +590,6 @@ impl Matrix {
         row.recover = restarted.elapsed();
     }
 
-    /// Each Secret's expiration.
-    async fn expirations(&self) -> BTreeMap<String, Timestamp> {
-        let listed = self
-            .secrets
-            .list(&ListParams::default().labels(secret::SELECTOR))
-            .await
-            .expect("Secrets");
-        listed
-            .items
-            .iter()
-            .filter_map(|s| Some((s.metadata.name.clone()?, text(s, "expiration")?.parse().ok()?)))
-            .collect()
-    }
-
     /// Waits until a refresh is due within 3 s, so that the fault that
     /// follows meets one.
     async fn refresh_coming(&self) {
@@ -608,30 +603,11 @@ impl Matrix {
                 listed
                     .items
                     .iter()
-                    .any(|ar| {
-                        ar.status
-                            .as_ref()
-                            .and_then(|s| s.refresh_time.as_ref())
-                            .is_some_and(|t| t.0 <= soon)
-                    })
+                    .any(|ar| refresh_time(ar).is_some_and(|t| t <= soon))
                     .then_some(())
             },
         )
         .await;
-    }
-
-    /// Each Secret's access key ID.
-    async fn keys(&self) -> BTreeMap<String, String> {
-        let listed = self
-            .secrets
-            .list(&ListParams::default().labels(secret::SELECTOR))
-            .await
-            .expect("Secrets");
-        listed
-            .items
-            .iter()
-            .filter_map(|s| Some((s.metadata.name.clone()?, text(s, "AWS_ACCESS_KEY_ID")?)))
-            .collect()
     }
 
     async fn not_ready(&self) -> usize {
@@ -819,12 +795,16 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
         // their Secrets untouched, and recover on their own.
         m.refresh_coming().await;
         let before = m.calls().await;
-        let keys = m.keys().await;
+        let keys = owned_data(&m.secrets, "AWS_ACCESS_KEY_ID").await.expect("Secrets");
         m.checker.sts(false);
         m.setup.standin.down(STS_LONG.as_secs() as u32).await;
         tokio::time::sleep(STS_LONG).await;
         let not_ready = m.not_ready().await;
-        assert_eq!(m.keys().await, keys, "Secrets changed while STS was down");
+        assert_eq!(
+            owned_data(&m.secrets, "AWS_ACCESS_KEY_ID").await.expect("Secrets"),
+            keys,
+            "Secrets changed while STS was down"
+        );
         assert!(not_ready > 0, "no AssumedRole reached its floor during the outage");
         m.checker.sts(true);
         let note = format!("{not_ready} of {ROLES} Ready=False at the end, every Secret untouched");

@@ -184,23 +184,21 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     outcome.as_ref().map_or_else(|e| e.reason(), |_| "success"),
                     calling.elapsed(),
                 );
-                ctx.sts_answered(!matches!(
-                    &outcome,
-                    Err(StsError::Throttled(_) | StsError::Unavailable(_))
-                ));
+                let answered = outcome.as_ref().map_or_else(StsError::sts_answered, |_| Some(true));
                 if let Ok(mut bucket) = ctx.budget.lock() {
-                    match &outcome {
-                        Err(StsError::Throttled(_)) => {
-                            bucket.throttled(std::time::Instant::now());
-                            warn!(
-                                rate = bucket.rate(),
-                                "STS throttled a call; slowing every STS call down"
-                            );
-                        }
-                        Err(StsError::Unavailable(_) | StsError::NoCredentials(_)) => {}
-                        _ => bucket.answered(),
+                    if let Err(StsError::Throttled(_)) = &outcome {
+                        bucket.throttled(std::time::Instant::now());
+                        warn!(
+                            rate = bucket.rate(),
+                            "STS throttled a call; slowing every STS call down"
+                        );
+                    } else if answered == Some(true) {
+                        bucket.answered();
                     }
                     ctx.metrics.sts_budget_rate.set(bucket.rate());
+                }
+                if let Some(answered) = answered {
+                    ctx.sts_answered(answered);
                 }
                 let AssumedSession {
                     credentials,
