@@ -64,7 +64,7 @@ async fn many_assumed_roles_at_once_stay_within_the_sts_rate_and_all_become_read
     }
     // The gauges per AssumedRole, computed from the cache at scrape time,
     // agree with the status.
-    let (_, metrics) = scene.operator.admin_get("/metrics").await;
+    let mut want = Vec::new();
     for i in 0..ROLES {
         let name = format!("role-{i}");
         let ar = scene.roles.get(&name).await.expect("AssumedRole");
@@ -82,10 +82,10 @@ async fn many_assumed_roles_at_once_stay_within_the_sts_rate_and_all_become_read
             ),
             ("assumed_role_consecutive_failures", 0),
         ] {
-            let line = format!("assumed_role_operator_{gauge}{labels} {value}");
-            assert!(metrics.lines().any(|l| l == line), "{line} not scraped");
+            want.push(format!("assumed_role_operator_{gauge}{labels} {value}"));
         }
     }
+    scene.operator.scrape_until(&want).await;
     let waited = scene
         .operator
         .counter("assumed_role_operator_sts_budget_wait_seconds_count", None)
@@ -208,13 +208,16 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported_by_a_running_
     let mut used = metric_names(&rules);
     used.extend(metric_names(&dashboard));
     assert!(used.len() >= 10, "{used:?}");
-    // A leader with an AssumedRole that has been refreshed once and one
-    // that failed: every family has samples.
+    // A leader with an AssumedRole that has been refreshed once: every
+    // family has samples. The per-AssumedRole gauges are read from the
+    // operator's cache, which sees the Ready status a moment after the
+    // API server does: wait until it reads Ready too.
     let scene = Scene::start("observability", &["--leader-elect"], &[]).await;
     let ns = scene.ns.name.clone();
     apply(&assumed_role(&ns, "reader", ""));
     wait_ready(&scene.roles, "reader", "True", "CredentialsReady").await;
-    let (_, metrics) = scene.operator.admin_get("/metrics").await;
+    let ready = format!(r#"assumed_role_operator_assumed_role_ready{{namespace="{ns}",name="reader"}} 1"#);
+    let metrics = scene.operator.scrape_until(&[ready]).await;
     let exported: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
     for name in &used {
         assert!(

@@ -188,6 +188,26 @@ impl Operator {
         http_get(&address, path, &[]).await.expect("reach the admin server")
     }
 
+    /// Scrapes `/metrics` until every line of `want` is in it (the gauges
+    /// per AssumedRole are read from the operator's cache, which sees a
+    /// status a moment after the API server does), for at most 30 s, and
+    /// returns the last scrape; on time-out, names the lines missing.
+    pub async fn scrape_until(&self, want: &[String]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = self.admin_get("/metrics").await;
+            let missing: Vec<&String> = want.iter().filter(|w| !body.lines().any(|l| l == w.as_str())).collect();
+            if missing.is_empty() {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not scraped within 30 s: {missing:?}\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Sum of a counter over all its label sets, from `/metrics`.
     pub async fn counter(&self, name: &str, label: Option<&str>) -> u64 {
         let (_, body) = self.admin_get("/metrics").await;
