@@ -49,7 +49,9 @@ impl Operator {
                 "--log-format",
                 "json",
                 "--log-level",
-                "info",
+                // The bounds on log lines below count info lines; another
+                // level (ARO_OUTAGE_LOG_LEVEL) is for a post-mortem.
+                &std::env::var("ARO_OUTAGE_LOG_LEVEL").unwrap_or_else(|_| "info".to_string()),
             ])
             .envs(plane.env.iter())
             .stdout(file.try_clone().expect("log"))
@@ -96,6 +98,11 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // ARO_KEEP_LOGS=DIR keeps the operator's log too.
+        if let Ok(keep) = std::env::var("ARO_KEEP_LOGS") {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(&self.log, Path::new(&keep).join("operator.log"));
+        }
     }
 }
 
@@ -284,7 +291,7 @@ async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>
         })
         .count();
     assert!(unreported <= ROLES, "{unreported} status writes tried into the outage");
-    if caught_up >= Duration::from_secs(20) {
+    if caught_up >= Duration::from_secs(10) {
         // What held the operator back: its warnings after the restart.
         for line in lines
             .iter()
@@ -297,10 +304,12 @@ async fn outage(plane: &ControlPlane, operator: &Operator, secrets: &Api<Secret>
             eprintln!("{line}");
         }
     }
-    assert!(
-        caught_up < Duration::from_secs(60),
-        "caught up only after {caught_up:?}"
-    );
+    // The wake on the API server's return is not held back by the watches,
+    // which may still be backing off (up to 30 s) from the outage. After
+    // etcd's, the API server's own storage clients reconnect one by one,
+    // each with its backoff: a looser bound.
+    let bound = Duration::from_secs(if component == "kube-apiserver" { 20 } else { 60 });
+    assert!(caught_up < bound, "caught up only after {caught_up:?}");
 }
 
 #[tokio::test]

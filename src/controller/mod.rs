@@ -40,6 +40,25 @@ pub const DEFAULT_STS_RATE: f64 = 10.0;
 /// STS calls that may be made at once, by default.
 pub const DEFAULT_STS_BURST: u32 = 20;
 
+/// The controller's backoff over all its triggers together: none, since
+/// each watch backs off on its own errors. kube-runtime's default would
+/// pause every trigger while any one watch fails, for up to 30 s past an
+/// outage: the API server's return, a won election and policy changes
+/// would all wait on a watch still backing off.
+struct EachWatchBacksOff;
+
+impl Iterator for EachWatchBacksOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for EachWatchBacksOff {
+    fn reset(&mut self) {}
+}
+
 /// Field manager for every write the operator makes.
 pub const FIELD_MANAGER: &str = "assumed-role-operator";
 
@@ -391,6 +410,7 @@ pub async fn run(
                 }
             });
             Controller::for_stream(roles, reader)
+                .trigger_backoff(EachWatchBacksOff)
                 .reconcile_all_on(api_back)
                 // Leadership won: everything, at once, from warm caches.
                 .reconcile_all_on(elected)
@@ -899,5 +919,49 @@ mod tests {
         .await
         .expect("reconcile");
         assert_eq!(sts.calls(), 1);
+    }
+
+    /// A watch that keeps failing holds back no other trigger: the API
+    /// server's return still reconciles every AssumedRole at once. Time is
+    /// paused, so the bound is exact: kube-runtime's default backoff over
+    /// the triggers would hold the return back 0.8 s or more.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_watch_holds_back_no_other_trigger() {
+        let (reader, mut writer) = reflector::store();
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(AssumedRole::test()),
+            watcher::Event::InitDone,
+        ] {
+            writer.apply_watcher_event(&event);
+        }
+        // A watch failing six times in a row, then silent.
+        let failing = futures::stream::iter((0..6).map(|_| Err(watcher::Error::NoResourceVersion)))
+            .chain(futures::stream::pending());
+        // The API server's return, a moment later.
+        let back = futures::stream::once(tokio::time::sleep(StdDuration::from_millis(100)));
+        let started = tokio::time::Instant::now();
+        let (done, mut reconciled) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let controller = Controller::for_stream(failing, reader)
+            .trigger_backoff(EachWatchBacksOff)
+            .reconcile_all_on(back)
+            .run(
+                |_, done: Arc<tokio::sync::mpsc::UnboundedSender<()>>| async move {
+                    let _ = done.send(());
+                    Ok::<_, std::convert::Infallible>(Action::await_change())
+                },
+                |_, _, _| Action::await_change(),
+                Arc::new(done),
+            )
+            .for_each(|_| async {});
+        tokio::select! {
+            () = controller => panic!("the controller stopped"),
+            _ = reconciled.recv() => {}
+        }
+        let took = started.elapsed();
+        assert!(
+            took < StdDuration::from_millis(500),
+            "reconciled {took:?} after the start, 100 ms after the trigger"
+        );
     }
 }
