@@ -39,6 +39,7 @@ operator_alive() {
   die "the operator stopped; fix what its log says and run the demo again"
 }
 
+echo "demo: building the operator (cargo build)"
 cargo build --locked --quiet
 [[ -x $BIN ]] || die "no operator binary at $BIN after the build (is CARGO_TARGET_DIR right?)"
 hack/cluster.sh up "$STATE"
