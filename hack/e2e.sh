@@ -45,6 +45,10 @@ cargo test --locked --test chart -- --ignored --test-threads 1 "$@"
 # outages and a shortened fault matrix (the SIGKILL windows and the network
 # cuts; `make faults` runs all) run on control planes of their own.
 cargo test --locked --test e2e --test demo --test outage --test faults --no-run
+# The demo builds the operator as a user does, without the dev-dependencies'
+# features: a second build of the dependencies, done here before the parallel
+# runs rather than inside them.
+cargo build --locked
 cargo test --locked --test e2e -- --ignored --exact "$MATRIX" --nocapture >"$STATE/sdk-matrix.log" 2>&1 &
 MATRIX_PID=$!
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
