@@ -385,15 +385,6 @@ fn credentials_problem(err: &(dyn std::error::Error + 'static)) -> Option<String
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn only_a_call_that_reached_sts_tells_of_its_health() {
-        assert_eq!(StsError::Throttled("x".into()).sts_answered(), Some(false));
-        assert_eq!(StsError::Unavailable("x".into()).sts_answered(), Some(false));
-        assert_eq!(StsError::AccessDenied("x".into()).sts_answered(), Some(true));
-        assert_eq!(StsError::InvalidRequest("x".into()).sts_answered(), Some(true));
-        assert_eq!(StsError::NoCredentials("x".into()).sts_answered(), None);
-    }
-
     use aws_sdk_sts::{
         Client,
         config::{http::HttpResponse, retry::RetryConfig},
@@ -404,6 +395,15 @@ mod tests {
     use aws_smithy_types::{DateTime, body::SdkBody};
 
     use super::*;
+
+    #[test]
+    fn only_a_call_that_reached_sts_tells_of_its_health() {
+        assert_eq!(StsError::Throttled("x".into()).sts_answered(), Some(false));
+        assert_eq!(StsError::Unavailable("x".into()).sts_answered(), Some(false));
+        assert_eq!(StsError::AccessDenied("x".into()).sts_answered(), Some(true));
+        assert_eq!(StsError::InvalidRequest("x".into()).sts_answered(), Some(true));
+        assert_eq!(StsError::NoCredentials("x".into()).sts_answered(), None);
+    }
 
     fn request() -> AssumeRoleRequest {
         AssumeRoleRequest {

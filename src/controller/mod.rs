@@ -40,25 +40,6 @@ pub const DEFAULT_STS_RATE: f64 = 10.0;
 /// STS calls that may be made at once, by default.
 pub const DEFAULT_STS_BURST: u32 = 20;
 
-/// The controller's backoff over all its triggers together: none, since
-/// each watch backs off on its own errors. kube-runtime's default would
-/// pause every trigger while any one watch fails, for up to 30 s past an
-/// outage: the API server's return, a won election and policy changes
-/// would all wait on a watch still backing off.
-struct EachWatchBacksOff;
-
-impl Iterator for EachWatchBacksOff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Duration::ZERO)
-    }
-}
-
-impl kube::runtime::utils::Backoff for EachWatchBacksOff {
-    fn reset(&mut self) {}
-}
-
 /// Field manager for every write the operator makes.
 pub const FIELD_MANAGER: &str = "assumed-role-operator";
 
@@ -296,6 +277,25 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// How many AssumedRoles are reconciled at once.
     pub concurrency: u16,
+}
+
+/// The controller's backoff over all its triggers together: none, since
+/// each watch backs off on its own errors. kube-runtime's default would
+/// pause every trigger while any one watch fails, for up to 30 s past an
+/// outage: the API server's return, a won election and policy changes
+/// would all wait on a watch still backing off.
+struct EachWatchBacksOff;
+
+impl Iterator for EachWatchBacksOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for EachWatchBacksOff {
+    fn reset(&mut self) {}
 }
 
 /// Runs the controller until `shutdown` is cancelled. `ready` turns true once
