@@ -269,6 +269,86 @@ pub fn serve(address: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a probe of the endpoint asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// The endpoint serves unexpired credentials with the mounted token
+    /// (readiness and startup).
+    Ready,
+    /// The endpoint answers at all (liveness: a restart would not bring
+    /// credentials that the Secret lacks).
+    Live,
+}
+
+/// How long a probe waits for the endpoint, connect and answer each.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the endpoint on `address` as the kubelet's `exec` probe runs it,
+/// inside the pod: no shell, no network path from the node (the kubelet
+/// runs `httpGet` and `tcpSocket` probes from the node's network namespace,
+/// where the pod's loopback cannot be reached). `Ok` says what was found;
+/// an error says why the probe fails. Neither holds a credential.
+pub fn probe(kind: Probe, address: SocketAddr, dir: &Path) -> anyhow::Result<String> {
+    match kind {
+        Probe::Live => {
+            let (status, _) = probe_get(address, "/livez", None)?;
+            anyhow::ensure!(status == 200, "the endpoint on {address} answered {status} to /livez");
+            Ok(format!("the endpoint on {address} is live"))
+        }
+        Probe::Ready => {
+            let snapshot = read(dir).map_err(|e| anyhow::anyhow!("no credentials to ask for: {e}"))?;
+            let (status, body) = probe_get(address, PATH, Some(&snapshot.token))?;
+            anyhow::ensure!(
+                status == 200,
+                "the endpoint on {address} answered {status}: {}",
+                if status == 503 {
+                    body.trim()
+                } else {
+                    "not the credentials"
+                }
+            );
+            let expiration = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["Expiration"].as_str().and_then(|t| t.parse::<Timestamp>().ok()))
+                .ok_or_else(|| anyhow::anyhow!("the endpoint on {address} answered 200 without an expiration"))?;
+            anyhow::ensure!(
+                expiration > Timestamp::now(),
+                "the endpoint on {address} serves credentials that expired at {expiration}"
+            );
+            Ok(format!(
+                "the endpoint on {address} serves credentials until {expiration}"
+            ))
+        }
+    }
+}
+
+/// One GET on `address`, with the token if any; the status and the body.
+fn probe_get(address: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, PROBE_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("connecting to the endpoint on {address}: {e}"))?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    let authorization = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .map_err(|e| anyhow::anyhow!("asking the endpoint on {address}: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(|e| anyhow::anyhow!("reading the endpoint's answer on {address}: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the endpoint on {address} did not answer HTTP"))?;
+    Ok((status, body.to_string()))
+}
+
 /// What the endpoint reads of a request.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Request {

@@ -60,8 +60,11 @@ pub fn allowing_all() -> &'static [Arc<AssumedRolePolicy>] {
     static ALL: std::sync::LazyLock<Vec<Arc<AssumedRolePolicy>>> = std::sync::LazyLock::new(|| {
         vec![Arc::new(AssumedRolePolicy::new(
             "allow-all",
-            serde_json::from_value(json!({"namespaces": {"selector": {}}, "roleArns": ["arn:*:iam::*:role/*"]}))
-                .expect("policy"),
+            serde_json::from_value(
+                json!({"namespaces": {"selector": {}}, "roleArns": ["arn:*:iam::*:role/*"],
+                "roleSessionNames": ["*"], "sourceIdentities": ["*"]}),
+            )
+            .expect("policy"),
         ))]
     });
     &ALL

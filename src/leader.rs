@@ -151,46 +151,80 @@ pub async fn elect(
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        let now = Instant::now();
-        let took = match api.get_opt(LEASE_NAME).await {
-            Ok(lease) => match step(lease.as_ref(), identity, duration, &mut seen, now) {
-                Step::Wait => false,
-                Step::Create => api
-                    .create(
-                        &PostParams::default(),
-                        &held(None, namespace, identity, duration, Timestamp::now()),
-                    )
-                    .await
-                    .map_err(|e| debug!(error = %e, "creating the lease"))
-                    .is_ok(),
-                Step::Take => api
-                    .replace(
-                        LEASE_NAME,
-                        &PostParams::default(),
-                        &held(lease.as_ref(), namespace, identity, duration, Timestamp::now()),
-                    )
-                    .await
-                    .map_err(|e| debug!(error = %e, "taking or renewing the lease"))
-                    .is_ok(),
-            },
-            Err(e) => {
-                debug!(error = %e, "reading the lease");
-                false
+        // tokio's clock, so that a test with a paused clock is exact.
+        let now = tokio::time::Instant::now().into_std();
+        let asked = now;
+        // Every round, its get and its create or replace together, ends
+        // within the renew deadline (for a leader, what is left of it since
+        // the last renewal): a request that hangs, as on a network that
+        // drops packets, must not keep this replica leading past the point
+        // where a standby may take the Lease.
+        let deadline = attempt_deadline(is_leader, last_renewed, renew_deadline, now);
+        let attempt = async {
+            match api.get_opt(LEASE_NAME).await {
+                Ok(lease) => match step(lease.as_ref(), identity, duration, &mut seen, now) {
+                    Step::Wait => false,
+                    Step::Create => api
+                        .create(
+                            &PostParams::default(),
+                            &held(None, namespace, identity, duration, Timestamp::now()),
+                        )
+                        .await
+                        .map_err(|e| debug!(error = %e, "creating the lease"))
+                        .is_ok(),
+                    Step::Take => api
+                        .replace(
+                            LEASE_NAME,
+                            &PostParams::default(),
+                            &held(lease.as_ref(), namespace, identity, duration, Timestamp::now()),
+                        )
+                        .await
+                        .map_err(|e| debug!(error = %e, "taking or renewing the lease"))
+                        .is_ok(),
+                },
+                Err(e) => {
+                    debug!(error = %e, "reading the lease");
+                    false
+                }
             }
         };
+        let took = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            took = tokio::time::timeout(deadline, attempt) => took.unwrap_or_else(|_| {
+                warn!(lease = LEASE_NAME, deadline_ms = deadline.as_millis(), "no answer about the lease within the renew deadline");
+                false
+            }),
+        };
+        let now = tokio::time::Instant::now().into_std();
         if took {
-            last_renewed = Some(now);
+            // Counted from before the request: the record says so at most.
+            last_renewed = Some(asked);
             if !is_leader {
                 info!(lease = LEASE_NAME, %identity, "acquired the leader lease");
                 leading.send_replace(true);
                 metrics.leader.set(1);
             }
-        } else if is_leader && last_renewed.is_none_or(|t| now.duration_since(t) > renew_deadline) {
+        } else if is_leader && last_renewed.is_none_or(|t| now.duration_since(t) >= renew_deadline) {
             warn!(lease = LEASE_NAME, "lost the leader lease; stopping");
             leading.send_replace(false);
             metrics.leader.set(0);
             return true;
         }
+    }
+}
+
+/// How long one round of the election may take: a leader's must end
+/// before its renew deadline runs out (counted from its last renewal), a
+/// standby's within a renew deadline.
+pub fn attempt_deadline(
+    is_leader: bool,
+    last_renewed: Option<Instant>,
+    renew_deadline: Duration,
+    now: Instant,
+) -> Duration {
+    match (is_leader, last_renewed) {
+        (true, Some(at)) => renew_deadline.saturating_sub(now.duration_since(at)),
+        _ => renew_deadline,
     }
 }
 
@@ -265,6 +299,83 @@ mod tests {
         assert_eq!(step(Some(&released), "me", D, &mut seen, later), Step::Take);
         let own = lease(Some("me"), "2026-11-30T00:00:20Z", 1);
         assert_eq!(step(Some(&own), "me", D, &mut None, start), Step::Take);
+    }
+
+    #[test]
+    fn a_leaders_round_ends_by_its_renew_deadline_and_a_standbys_within_one() {
+        let start = Instant::now();
+        let deadline = Duration::from_secs(10);
+        assert_eq!(attempt_deadline(false, None, deadline, start), deadline);
+        assert_eq!(
+            attempt_deadline(true, Some(start), deadline, start + Duration::from_secs(4)),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            attempt_deadline(true, Some(start), deadline, start + Duration::from_secs(12)),
+            Duration::ZERO
+        );
+    }
+
+    /// An API server that accepts the connection and never answers: the
+    /// leader stops leading within its renew deadline instead of waiting on
+    /// the request (tokio's paused clock, so exact).
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_lease_requests_hang_stops_leading_by_its_renew_deadline() {
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "default");
+        let lease_json = |holder: &str| {
+            serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": LEASE_NAME, "namespace": "ops", "resourceVersion": "1"},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+        };
+        // The first round answers: this replica leads. Every later request
+        // is taken and never answered.
+        let server = tokio::spawn(async move {
+            let mut answered = 0;
+            while let Some((request, send)) = handle.next_request().await {
+                if answered < 2 {
+                    answered += 1;
+                    let body = if request.method() == http::Method::GET {
+                        lease_json("").to_string()
+                    } else {
+                        lease_json("me").to_string()
+                    };
+                    send.send_response(
+                        http::Response::builder()
+                            .status(200)
+                            .body(kube::client::Body::from(body.into_bytes()))
+                            .expect("response"),
+                    );
+                } else {
+                    // Held, never answered.
+                    std::mem::forget(send);
+                }
+            }
+        });
+        let (tx, mut rx) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let elector = tokio::spawn(elect(
+            client,
+            "ops",
+            "me",
+            Duration::from_secs(15),
+            tx,
+            CancellationToken::new(),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        ));
+        rx.wait_for(|leading| *leading).await.expect("leads");
+        let led_at = tokio::time::Instant::now();
+        rx.wait_for(|leading| !*leading).await.expect("stops leading");
+        let stepped_down = led_at.elapsed();
+        assert!(elector.await.expect("the elector"), "the loss is reported");
+        // Renew deadline: two thirds of 15 s, from the last renewal.
+        assert!(
+            stepped_down <= Duration::from_secs(10),
+            "led {stepped_down:?} after the last renewal with every request hanging (started {:?} ago)",
+            started.elapsed()
+        );
+        server.abort();
     }
 
     #[test]

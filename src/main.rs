@@ -53,6 +53,11 @@ struct EndpointArgs {
     /// `http://<address>/v1/credentials`.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "127.0.0.1:9911")]
     listen: std::net::SocketAddr,
+    /// Probe the endpoint already running on `--listen` instead of serving,
+    /// as a kubelet `exec` probe: `ready` exits 0 only when it serves
+    /// unexpired credentials with the mounted token, `live` when it answers.
+    #[arg(long, value_enum)]
+    probe: Option<endpoint::Probe>,
     /// Least severe level logged.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: tracing::Level,
@@ -65,7 +70,10 @@ struct EndpointArgs {
 struct RunArgs {
     /// Log filter, in tracing's env-filter syntax (for example `info` or
     /// `assumed_role_operator=debug`). The Kubernetes client's own line per
-    /// failed request is off unless the filter names `kube_client`.
+    /// failed request is off unless the filter names `kube_client`; so are
+    /// the debug and trace lines of the AWS SDK, HTTP and TLS crates, which
+    /// show what goes over the wire (credentials among it), unless the
+    /// filter names the crate (`aws_smithy`, `aws_sigv4`, `hyper`, ...).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log format.
@@ -162,10 +170,17 @@ fn main() -> anyhow::Result<()> {
             print!("{}", docs.join("---\n"));
             Ok(())
         }
-        Command::CredentialsEndpoint(args) => {
-            init_plain_logging(args.log_level, args.log_format);
-            endpoint::serve(args.listen, args.credentials_dir)
-        }
+        Command::CredentialsEndpoint(args) => match args.probe {
+            Some(kind) => {
+                let found = endpoint::probe(kind, args.listen, &args.credentials_dir)?;
+                println!("{found}");
+                Ok(())
+            }
+            None => {
+                init_plain_logging(args.log_level, args.log_format);
+                endpoint::serve(args.listen, args.credentials_dir)
+            }
+        },
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -376,13 +391,54 @@ fn init_logging(log_level: &str, log_format: LogFormat) -> anyhow::Result<()> {
                 .context("the client log directive")?,
         );
     }
+    let named: Vec<&'static str> = WIRE_CRATES
+        .iter()
+        .copied()
+        .filter(|krate| log_level.contains(krate))
+        .collect();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let quiet_wire = tracing_subscriber::filter::filter_fn(move |meta| wire_allowed(meta, &named));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     match log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().finish().with(quiet_wire).init(),
+        LogFormat::Text => builder.finish().with(quiet_wire).init(),
     }
     Ok(())
+}
+
+/// Crates below the operator that log what goes over the wire at debug and
+/// trace: request and response bodies (a web identity token, STS's answer),
+/// headers (`X-Amz-Security-Token`), the strings SigV4 signs. Their debug
+/// and trace lines are dropped unless the filter names the crate, whatever
+/// the level asked for, so that `LOG_LEVEL=trace` logs no credential.
+const WIRE_CRATES: [&str; 12] = [
+    "aws_smithy",
+    "aws_sigv4",
+    "aws_runtime",
+    "aws_sdk_",
+    "aws_config",
+    "aws_credential_types",
+    "aws_types",
+    "hyper",
+    "h2",
+    "rustls",
+    "tower",
+    "kube_client",
+];
+
+/// Whether an event or span may be logged: at info and above always; at
+/// debug and trace only outside [`WIRE_CRATES`], or in one the filter names.
+fn wire_allowed(meta: &tracing::Metadata<'_>, named: &[&str]) -> bool {
+    if *meta.level() <= tracing::Level::INFO {
+        return true;
+    }
+    let target = meta.target();
+    match WIRE_CRATES.iter().find(|krate| target.starts_with(**krate)) {
+        Some(krate) => named.contains(krate),
+        None => true,
+    }
 }

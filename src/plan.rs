@@ -171,6 +171,10 @@ pub struct Facts<'a> {
     /// For `spec.source.secretRef`: the keyed hash of the access key ID the
     /// Secret holds now, once read; `None` when unreadable.
     pub source_key: Option<&'a str>,
+    /// Secrets this AssumedRole controls under other names than its current
+    /// one that still hold credentials (a rename left them behind), from
+    /// the owned-Secret cache: a revocation empties them too.
+    pub stale_holding: &'a [String],
     /// Every AssumedRolePolicy, from the watch cache.
     pub policies: &'a [Arc<AssumedRolePolicy>],
     /// The labels of the AssumedRole's namespace; `None` while the cache
@@ -198,10 +202,14 @@ pub enum Plan {
     /// Read the Secret, then decide again.
     ReadSecret,
     /// No policy allows the AssumedRole any more: remove the credentials
-    /// from its Secret (which stays), forget those held, and say why.
+    /// from every Secret it owns (which stay), forget those held, and say
+    /// why.
     Revoke {
         /// Why.
         failure: Failure,
+        /// The Secrets to empty: the current one first, if it holds
+        /// credentials, then any left behind by a rename.
+        secrets: Vec<String>,
     },
     /// Nothing can be written: say why.
     Fail {
@@ -263,6 +271,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         session_tags,
         token_audience,
         source_key,
+        stale_holding,
         policies,
         namespace_labels,
         now,
@@ -285,20 +294,37 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         role_arn: &request.role_arn,
         duration_seconds: request.duration_seconds,
         source: ar.spec.source.kind(),
+        role_session_name: ar.spec.role_session_name.as_deref(),
+        source_identity: ar.spec.source_identity.as_deref(),
     };
     if let Verdict::Denied(why) = policy::evaluate(policies.iter().map(Arc::as_ref), labels, &ask) {
         let Some(view) = secret else {
             return Plan::ReadSecret;
         };
-        let name = &target.secret_name;
-        return match &view.observed {
-            Observed::Owned(owned) if owned.holds_credentials => Plan::Revoke {
+        let mut secrets = Vec::new();
+        if matches!(&view.observed, Observed::Owned(owned) if owned.holds_credentials) {
+            secrets.push(target.secret_name.clone());
+        }
+        secrets.extend(stale_holding.iter().filter(|n| **n != target.secret_name).cloned());
+        return match secrets.as_slice() {
+            [] => fail(Reason::PolicyDenied, format!("{why}; no STS call was made"), None),
+            [name] => Plan::Revoke {
                 failure: Failure::new(
                     Reason::PolicyDenied,
                     format!("{why}; the credentials were removed from Secret {name}, which stays"),
                 ),
+                secrets,
             },
-            _ => fail(Reason::PolicyDenied, format!("{why}; no STS call was made"), None),
+            names => Plan::Revoke {
+                failure: Failure::new(
+                    Reason::PolicyDenied,
+                    format!(
+                        "{why}; the credentials were removed from Secrets {}, which stay",
+                        names.join(", ")
+                    ),
+                ),
+                secrets,
+            },
         };
     }
 
@@ -522,6 +548,7 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
+            stale_holding: &[],
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -695,6 +722,7 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
+            stale_holding: &[],
             policies,
             namespace_labels: labels,
             now: now(),
@@ -720,7 +748,7 @@ mod tests {
             "namespace billing may not assume arn:aws:iam::123456789012:role/reader: no AssumedRolePolicy covers the \
              namespace; no STS call was made"
         );
-        let Plan::Revoke { failure } = judged(&ar, none, labels, None, Some(&full)) else {
+        let Plan::Revoke { failure, .. } = judged(&ar, none, labels, None, Some(&full)) else {
             panic!("credentials kept")
         };
         assert!(
@@ -748,6 +776,45 @@ mod tests {
             judged(&ar, none, labels, None, Some(&emptied)),
             Plan::Fail { .. }
         ));
+    }
+
+    #[test]
+    fn a_revocation_empties_secrets_left_under_an_old_name_even_when_the_current_one_conflicts() {
+        let mut ar = AssumedRole::test();
+        ar.spec.secret.name = Some("taken".into());
+        let none: &[Arc<AssumedRolePolicy>] = &[];
+        let target = Target::of(&ar).expect("target");
+        let foreign = SecretView {
+            observed: Observed::Foreign,
+            ..SecretView::of(&ar, None, KEY)
+        };
+        let stale = ["reader".to_string()];
+        let plan = decide(&Facts {
+            ar: &ar,
+            target: &target,
+            held: None,
+            memory: None,
+            secret: Some(&foreign),
+            api_seen: None,
+            sts_seen: None,
+            session_tags: false,
+            token_audience: source::DEFAULT_AUDIENCE,
+            source_key: None,
+            stale_holding: &stale,
+            policies: none,
+            namespace_labels: Some(&fixtures::NO_LABELS),
+            now: now(),
+        });
+        let Plan::Revoke { failure, secrets } = plan else {
+            panic!("credentials kept under the old name: {plan:?}")
+        };
+        assert_eq!(secrets, ["reader"]);
+        assert_eq!(failure.reason, Reason::PolicyDenied);
+        assert!(
+            failure.message.ends_with("removed from Secret reader, which stays"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
@@ -797,6 +864,7 @@ mod tests {
                 session_tags: false,
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key,
+                stale_holding: &[],
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),
                 now: now(),
@@ -879,6 +947,7 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
+            stale_holding: &[],
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -914,6 +983,7 @@ mod tests {
                 session_tags: false,
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key: None,
+                stale_holding: &[],
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),
                 now: decided,

@@ -23,6 +23,9 @@ use crate::api::{InvalidSpec, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Source
 const ROLE_PATTERN_PATTERN: &str =
     r"^arn:(aws|aws-cn|aws-us-gov|[*]):iam::([0-9]{12}|[*]):role/[A-Za-z0-9+=,.@_/*-]{1,576}$";
 
+/// A session-name or source-identity pattern: STS's characters and `*`.
+const SESSION_PATTERN_PATTERN: &str = r"^[A-Za-z0-9+=,.@_*-]{1,64}$";
+
 /// Allows the namespaces it covers to assume the roles it names.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -46,7 +49,9 @@ pub struct AssumedRolePolicySpec {
 
     /// Role ARNs the covered namespaces may assume. Each is an ARN whose
     /// partition and account are spelled out or `*`; `*` in the role's path
-    /// and name matches any run of characters, `/` included. For example
+    /// and name matches any run of characters, `/` included (as IAM's
+    /// `ArnLike`). Partition, account and resource are matched each on its
+    /// own, so that no pattern matches across them. For example
     /// `arn:aws:iam::123456789012:role/billing-*`.
     #[x_kube(validation = kube::core::Rule::new(format!("self.all(p, p.matches('{ROLE_PATTERN_PATTERN}'))")).message("spec.roleArns: every entry must be a role ARN pattern such as arn:aws:iam::123456789012:role/billing-* (partition and account spelled out or *)"))]
     #[schemars(length(min = 1, max = 100), inner(length(max = 600)))]
@@ -57,6 +62,27 @@ pub struct AssumedRolePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(format!("self >= {MIN_DURATION_SECONDS} && self <= {MAX_DURATION_SECONDS}")).message("spec.maxDurationSeconds must be between 900 and 43200 seconds"))]
     pub max_duration_seconds: Option<i32>,
+
+    /// Session names (`spec.roleSessionName`) the covered namespaces may
+    /// set, as patterns where `*` matches any run of characters. Default:
+    /// `<namespace>.*`, so that a session's name in CloudTrail starts with
+    /// the namespace that asked for it (no namespace can pass for another).
+    /// The name the operator derives when the spec sets none is
+    /// `<namespace>.<name>` and always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(p, p.matches('{SESSION_PATTERN_PATTERN}'))")).message("spec.roleSessionNames: every entry must be 1 to 64 characters of letters, digits, +=,.@_- and *"))]
+    #[schemars(length(max = 100), inner(length(max = 64)))]
+    pub role_session_names: Vec<String>,
+
+    /// Source identities (`spec.sourceIdentity`) the covered namespaces may
+    /// set, as patterns where `*` matches any run of characters. Default:
+    /// none, so an AssumedRole that sets one is denied unless a policy
+    /// names it: trust policies key on `sts:SourceIdentity`, and it sticks
+    /// to every role chained from the session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(p, p.matches('{SESSION_PATTERN_PATTERN}'))")).message("spec.sourceIdentities: every entry must be 1 to 64 characters of letters, digits, +=,.@_- and *"))]
+    #[schemars(length(max = 100), inner(length(max = 64)))]
+    pub source_identities: Vec<String>,
 
     /// The sources of the assuming identity the covered namespaces may use:
     /// `Operator` (the operator's own identity), `ServiceAccount`, `Secret`,
@@ -93,6 +119,10 @@ pub struct Ask<'a> {
     pub duration_seconds: i32,
     /// The source of the identity that assumes the role.
     pub source: SourceKind,
+    /// The session name the spec sets; `None` when the operator derives it.
+    pub role_session_name: Option<&'a str>,
+    /// The source identity the spec sets, if any.
+    pub source_identity: Option<&'a str>,
 }
 
 /// The answer of [`evaluate`].
@@ -117,6 +147,29 @@ fn covers(policy: &AssumedRolePolicySpec, name: &str, labels: &BTreeMap<String, 
         .clone()
         .and_then(|s| Selector::try_from(s).ok())
         .is_some_and(|s| s.matches(labels))
+}
+
+/// Whether the role ARN pattern `pattern` matches `arn`: partition,
+/// service, region, account and resource each on its own, as IAM's
+/// `ArnLike` does, so that a `*` never reaches across them. An IAM path may
+/// hold `:`; the resource is everything after the fifth `:`, in pattern and
+/// ARN alike.
+pub fn role_arn_matches(pattern: &str, arn: &str) -> bool {
+    let (Some(pattern), Some(arn)) = (arn_fields(pattern), arn_fields(arn)) else {
+        return false;
+    };
+    pattern.iter().zip(arn.iter()).all(|(p, a)| glob_matches(p, a))
+}
+
+/// The six fields of an ARN: `arn`, partition, service, region, account and
+/// resource.
+fn arn_fields(arn: &str) -> Option<[&str; 6]> {
+    let mut fields = arn.splitn(6, ':');
+    let mut out = [""; 6];
+    for field in &mut out {
+        *field = fields.next()?;
+    }
+    Some(out)
 }
 
 /// Whether `pattern` (with `*` for any run of characters) matches `text`
@@ -153,6 +206,17 @@ impl AssumedRolePolicySpec {
         }
     }
 
+    /// Whether a namespace may set `session` as `spec.roleSessionName`.
+    pub fn session_name_allowed(&self, namespace: &str, session: &str) -> bool {
+        if self.role_session_names.is_empty() {
+            session
+                .strip_prefix(namespace)
+                .is_some_and(|rest| rest.starts_with('.'))
+        } else {
+            self.role_session_names.iter().any(|p| glob_matches(p, session))
+        }
+    }
+
     /// Checks what the schema cannot (a selector the API server would not
     /// parse), naming the field.
     pub fn validate(&self) -> Result<(), InvalidSpec> {
@@ -185,7 +249,7 @@ pub fn evaluate<'p>(
             continue;
         }
         let name = policy.metadata.name.clone().unwrap_or_default();
-        if !spec.role_arns.iter().any(|p| glob_matches(p, ask.role_arn)) {
+        if !spec.role_arns.iter().any(|p| role_arn_matches(p, ask.role_arn)) {
             covering.push(name);
             continue;
         }
@@ -206,6 +270,35 @@ pub fn evaluate<'p>(
                 names.join(", "),
                 ask.source.as_str()
             ));
+            continue;
+        }
+        if let Some(session) = ask.role_session_name
+            && !spec.session_name_allowed(ask.namespace, session)
+        {
+            closest.get_or_insert(if spec.role_session_names.is_empty() {
+                format!(
+                    "AssumedRolePolicy {name} allows session names starting with {}. only, and spec.roleSessionName is {session}",
+                    ask.namespace
+                )
+            } else {
+                format!(
+                    "AssumedRolePolicy {name} allows the session names {} only, and spec.roleSessionName is {session}",
+                    spec.role_session_names.join(", ")
+                )
+            });
+            continue;
+        }
+        if let Some(identity) = ask.source_identity
+            && !spec.source_identities.iter().any(|p| glob_matches(p, identity))
+        {
+            closest.get_or_insert(if spec.source_identities.is_empty() {
+                format!("AssumedRolePolicy {name} allows no spec.sourceIdentity, and it is {identity}")
+            } else {
+                format!(
+                    "AssumedRolePolicy {name} allows the source identities {} only, and spec.sourceIdentity is {identity}",
+                    spec.source_identities.join(", ")
+                )
+            });
             continue;
         }
         return Verdict::Allowed(name);
@@ -245,6 +338,8 @@ mod tests {
             role_arn: role.to_string().leak(),
             duration_seconds: 3600,
             source: SourceKind::Operator,
+            role_session_name: None,
+            source_identity: None,
         }
     }
 
@@ -429,6 +524,93 @@ mod tests {
                 .err()
                 .unwrap_or_default();
         assert!(error.contains("spec.maxDurationSeconds"), "{error}");
+    }
+
+    #[test]
+    fn a_role_pattern_never_matches_across_the_arns_fields() {
+        // An IAM path may hold ':', so the whole string of this ARN of
+        // account 999999999999 ends like one of account 123456789012.
+        let crafted = "arn:aws:iam::999999999999:role/x:iam::123456789012:role/y";
+        assert!(glob_matches("arn:*:iam::123456789012:role/*", crafted));
+        for (pattern, arn, matches) in [
+            ("arn:*:iam::123456789012:role/*", crafted, false),
+            ("arn:aws:iam::*:role/*", crafted, true),
+            ("arn:*:iam::999999999999:role/x:*", crafted, true),
+            ("arn:*:iam::123456789012:role/*", ROLE, true),
+            ("arn:aws-cn:iam::123456789012:role/*", ROLE, false),
+            (
+                "arn:aws:iam::123456789012:role/team/*",
+                "arn:aws:iam::123456789012:role/team/a/b",
+                true,
+            ),
+            ("arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012", false),
+        ] {
+            assert_eq!(role_arn_matches(pattern, arn), matches, "{pattern} ~ {arn}");
+        }
+        let p = policy(
+            "mine",
+            serde_json::json!({"namespaces": {"names": ["billing"]}, "roleArns": ["arn:*:iam::123456789012:role/*"]}),
+        );
+        assert!(matches!(
+            evaluate([&p], &labels(&[]), &ask("billing", crafted)),
+            Verdict::Denied(m) if m.contains("do not name the role")
+        ));
+    }
+
+    #[test]
+    fn session_names_start_with_the_namespace_and_source_identities_need_a_policy() {
+        let default = policy(
+            "default",
+            serde_json::json!({"namespaces": {"names": ["billing"]}, "roleArns": [ROLE]}),
+        );
+        let asking = |session: Option<&'static str>, identity: Option<&'static str>| Ask {
+            role_session_name: session,
+            source_identity: identity,
+            ..ask("billing", ROLE)
+        };
+        assert!(matches!(
+            evaluate([&default], &labels(&[]), &asking(None, None)),
+            Verdict::Allowed(_)
+        ));
+        assert!(matches!(
+            evaluate([&default], &labels(&[]), &asking(Some("billing.nightly"), None)),
+            Verdict::Allowed(_)
+        ));
+        for other in ["payroll.reader", "billingx.reader", "billing", "x.billing.reader"] {
+            assert!(
+                matches!(
+                    evaluate([&default], &labels(&[]), &asking(Some(other), None)),
+                    Verdict::Denied(m) if m.contains("session names starting with billing.") && m.contains(other)
+                ),
+                "{other}"
+            );
+        }
+        assert!(matches!(
+            evaluate([&default], &labels(&[]), &asking(None, Some("alice"))),
+            Verdict::Denied(m) if m.contains("allows no spec.sourceIdentity")
+        ));
+        let named = policy(
+            "named",
+            serde_json::json!({"namespaces": {"names": ["billing"]}, "roleArns": [ROLE],
+                "roleSessionNames": ["ci-*"], "sourceIdentities": ["billing-*"]}),
+        );
+        assert!(matches!(
+            evaluate([&named], &labels(&[]), &asking(Some("ci-42"), Some("billing-bot"))),
+            Verdict::Allowed(_)
+        ));
+        assert!(matches!(
+            evaluate([&named], &labels(&[]), &asking(Some("billing.x"), None)),
+            Verdict::Denied(m) if m.contains("allows the session names ci-* only")
+        ));
+        assert!(matches!(
+            evaluate([&named], &labels(&[]), &asking(None, Some("payroll-bot"))),
+            Verdict::Denied(m) if m.contains("allows the source identities billing-* only")
+        ));
+        let error =
+            cel(serde_json::json!({"namespaces": {"names": ["a"]}, "roleArns": [ROLE], "roleSessionNames": ["a b"]}))
+                .err()
+                .unwrap_or_default();
+        assert!(error.contains("spec.roleSessionNames"), "{error}");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub const ENDPOINT_TOKEN: &str = "endpoint-token";
 /// Version of what [`render_data`] writes, part of the layout hash, so that
 /// an operator that writes the data differently rewrites the Secrets of an
 /// older one (without calling STS) rather than leave them as they are.
-const DATA_FORMAT: u32 = 2;
+const DATA_FORMAT: u32 = 3;
 
 /// The credentials endpoint's token for one AssumedRole: a keyed hash of its
 /// UID, so that it stays the same across refreshes, restarts and replicas
@@ -160,6 +160,14 @@ pub fn data_hmac(key: &[u8], annotations: &BTreeMap<String, String>, data: &BTre
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// `text` in single quotes for a POSIX shell (and for botocore's `shlex`),
+/// so that a shell sees one word and nothing to run, whatever the text. The
+/// mount path is already a plain path (see [`crate::api::mount_path_problem`]);
+/// the quotes make sure of it.
+pub fn shell_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 /// Renders the file contents for each key. `credential_process.json`
 /// advertises an expiration [`schedule::ADVERTISED_MARGIN`] earlier than the
 /// real one, which the `expiration` key and the annotation keep.
@@ -184,8 +192,8 @@ pub fn render_data(
         format!("profile {profile}")
     };
     let config = format!(
-        "[{section}]\ncredential_process = cat {}/{CREDENTIAL_PROCESS}\n",
-        ar.spec.mount_path()
+        "[{section}]\ncredential_process = cat {}\n",
+        shell_quoted(&format!("{}/{CREDENTIAL_PROCESS}", ar.spec.mount_path()))
     );
     let credentials = format!(
         "[{profile}]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
@@ -416,14 +424,14 @@ mod tests {
         let config = text(&data, CONFIG);
         assert_eq!(
             config,
-            "[default]\ncredential_process = cat /var/run/secrets/aws/credential_process.json\n"
+            "[default]\ncredential_process = cat '/var/run/secrets/aws/credential_process.json'\n"
         );
         let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r",
             "secret": {"mountPath": "/aws/", "profile": "billing"}}));
         let config = text(&render_data(&ar, &creds(), issued(), "t"), CONFIG);
         assert_eq!(
             config,
-            "[profile billing]\ncredential_process = cat /aws/credential_process.json\n"
+            "[profile billing]\ncredential_process = cat '/aws/credential_process.json'\n"
         );
         assert!(!config.contains("secret/key"));
     }
@@ -561,7 +569,61 @@ mod tests {
 
         use super::*;
 
+        /// What `sh -c` runs `line` as: the words it hands to the program
+        /// named first, with `printf` standing in for it.
+        fn shell_words(rest: &str) -> Vec<u8> {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf '%s\\0' {rest}"))
+                .env_clear()
+                .output()
+                .expect("run sh");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        }
+
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Every mount path that validation accepts is rendered into a
+            /// `config` whose credential process, run by a shell as the SDKs
+            /// run it, prints exactly `<path>/credential_process.json`.
+            #[test]
+            fn the_config_of_any_accepted_path_cats_exactly_that_path(
+                segments in proptest::collection::vec("[A-Za-z0-9._-]{1,12}", 1..5),
+                trailing in any::<bool>(),
+            ) {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let mut dir = tmp.path().to_path_buf();
+                for segment in &segments {
+                    dir.push(segment);
+                }
+                let mut path = dir.display().to_string();
+                if trailing {
+                    path.push('/');
+                }
+                let ar = resource(json!({"roleArn": "arn:aws:iam::123456789012:role/r",
+                    "secret": {"mountPath": path}}));
+                prop_assume!(ar.spec.validate().is_ok());
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                std::fs::write(dir.join(CREDENTIAL_PROCESS), "{\"Version\":1}").expect("write");
+                let config = text(&render_data(&ar, &creds(), issued(), "t"), CONFIG);
+                let line = config.lines().nth(1).and_then(|l| l.strip_prefix("credential_process = ")).expect("the line");
+                let out = std::process::Command::new("sh").arg("-c").arg(line).env("PATH", "/usr/bin:/bin").output().expect("sh");
+                prop_assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+                prop_assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"Version\":1}");
+                let rest = line.strip_prefix("cat ").expect("cat");
+                let expected = format!("{}/{CREDENTIAL_PROCESS}", dir.display());
+                prop_assert_eq!(shell_words(rest), [expected.as_bytes(), b"\0"].concat());
+            }
+
+            /// Whatever the text, quoted it is one word to a shell, the text
+            /// itself, and nothing runs.
+            #[test]
+            fn shell_quoted_text_is_one_word_and_runs_nothing(text in "[ -~\t\n]{0,40}") {
+                prop_assert_eq!(shell_words(&shell_quoted(&text)), [text.as_bytes(), b"\0"].concat());
+            }
+
             /// Whatever another writer puts into an owned Secret's data or
             /// annotations, reading it never panics, and a change to what the
             /// operator wrote is never taken for intact.

@@ -93,10 +93,169 @@ const ALL_FEATURES: &[&str] = &[
     "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/operator",
 ];
 
+/// The containers of every pod template in `value`, wherever they sit
+/// (a Pod, a Deployment, a CronJob's job template, ...).
+fn containers(value: &Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                if (key == "containers" || key == "initContainers")
+                    && let Some(list) = child.as_array()
+                {
+                    out.extend(list.iter().cloned());
+                } else {
+                    containers(child, out);
+                }
+            }
+        }
+        Value::Array(list) => list.iter().for_each(|v| containers(v, out)),
+        _ => {}
+    }
+}
+
+/// What is wrong with the probes of `objects`: a probe the kubelet would
+/// run from the node's network namespace (`httpGet`, `tcpSocket`, `grpc`)
+/// against the credentials endpoint or a loopback host, which it can never
+/// reach. Also counts the endpoint sidecars seen.
+fn network_probes_of_loopback(objects: &[Value], origin: &str, sidecars: &mut usize) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut all = Vec::new();
+    for object in objects {
+        containers(object, &mut all);
+    }
+    for container in all {
+        let words = |field: &str| -> Vec<String> {
+            container[field]
+                .as_array()
+                .map(|a| a.iter().filter_map(|w| w.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let is_endpoint = words("args")
+            .iter()
+            .chain(words("command").iter())
+            .any(|w| w == "credentials-endpoint");
+        *sidecars += usize::from(is_endpoint);
+        let name = container["name"].as_str().unwrap_or_default();
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let p = &container[probe];
+            if p.is_null() {
+                continue;
+            }
+            let host = p["httpGet"]["host"].as_str().unwrap_or_default();
+            let loopback = ["127.", "localhost", "::1", "[::1]"]
+                .iter()
+                .any(|l| host.starts_with(l));
+            let network = ["httpGet", "tcpSocket", "grpc"].iter().any(|k| !p[*k].is_null());
+            if network && (is_endpoint || loopback) {
+                wrong.push(format!("{origin}: container {name}: {probe} {p}"));
+            }
+            if is_endpoint {
+                let command: Vec<&str> = p["exec"]["command"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !(command.contains(&"credentials-endpoint") && command.iter().any(|w| w.starts_with("--probe="))) {
+                    wrong.push(format!(
+                        "{origin}: container {name}: {probe} does not run credentials-endpoint --probe: {p}"
+                    ));
+                }
+            }
+        }
+    }
+    wrong
+}
+
+/// The YAML blocks of a Markdown file, parsed.
+fn markdown_yaml(text: &str) -> Vec<Value> {
+    let mut docs = Vec::new();
+    let mut block: Option<String> = None;
+    for line in text.lines() {
+        match (&mut block, line.trim_start()) {
+            (None, l) if l.starts_with("```yaml") => block = Some(String::new()),
+            (Some(b), l) if l.starts_with("```") => {
+                docs.extend(objects(b));
+                block = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    docs
+}
+
+#[test]
+fn no_manifest_in_the_repository_probes_the_loopback_endpoint_over_the_network() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut wrong = Vec::new();
+    let mut sidecars = 0;
+    let mut files = vec![root.join("README.md"), root.join("tests/sdk/README.md")];
+    for dir in ["examples", "charts"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read a folder").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let origin = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+        let docs = match path.extension().and_then(|e| e.to_str()) {
+            Some("md") => markdown_yaml(&text),
+            // Chart templates are Go templates: rendered in the chart test.
+            Some("yaml" | "yml") if !origin.contains("/templates/") => objects(&text),
+            _ => continue,
+        };
+        wrong.extend(network_probes_of_loopback(&docs, &origin, &mut sidecars));
+    }
+    assert!(wrong.is_empty(), "probes the kubelet cannot run:\n{}", wrong.join("\n"));
+    // The README and the example both show the sidecar: the check saw them.
+    assert!(sidecars >= 2, "found {sidecars} credentials-endpoint containers");
+}
+
+#[test]
+fn the_probe_check_refuses_network_probes_of_the_endpoint() {
+    let pod = |probe: &str| {
+        objects(&format!(
+            "kind: Pod\nspec:\n  initContainers:\n  - name: aws\n    args: [credentials-endpoint]\n    readinessProbe: {probe}\n"
+        ))
+    };
+    for bad in [
+        "{httpGet: {host: 127.0.0.1, port: 9911, path: /readyz}}",
+        "{tcpSocket: {port: 9911}}",
+        "{exec: {command: [/bin/true]}}",
+    ] {
+        let mut n = 0;
+        assert_eq!(network_probes_of_loopback(&pod(bad), "t", &mut n).len(), 1, "{bad}");
+    }
+    let good = "{exec: {command: [/usr/local/bin/assumed-role-operator, credentials-endpoint, --probe=ready]}}";
+    let mut n = 0;
+    assert!(network_probes_of_loopback(&pod(good), "t", &mut n).is_empty());
+    let other = objects(
+        "kind: Pod\nspec:\n  containers:\n  - name: app\n    livenessProbe: {httpGet: {host: localhost, port: 80}}\n",
+    );
+    assert_eq!(network_probes_of_loopback(&other, "t", &mut n).len(), 1);
+}
+
 #[test]
 #[ignore = "needs helm from hack/cluster.sh; run with `make test`"]
 fn chart_lints_and_renders_a_locked_down_deployment() {
     helm_ok(&["lint", "--strict", CHART]);
+    let mut sidecars = 0;
+    for values in [&[][..], ALL_FEATURES] {
+        let wrong = network_probes_of_loopback(&render(values), "the chart", &mut sidecars);
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
     let mut lint_all = vec!["lint", "--strict", CHART];
     lint_all.extend_from_slice(ALL_FEATURES);
     helm_ok(&lint_all);

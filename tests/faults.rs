@@ -33,6 +33,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
     process::{Child, Command},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -44,7 +45,7 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{Api, Client, api::ListParams};
 use plane::ControlPlane;
 use sha2::{Digest, Sha256};
-use support::{StandIn, poll, sessions_of};
+use support::{Proxy, StandIn, poll, sessions_of};
 
 const NAMESPACE: &str = "faults";
 const ROLES: usize = 20;
@@ -243,53 +244,6 @@ impl Checker {
 }
 
 impl Drop for Checker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A TCP proxy between the operator and the API server that can cut the
-/// network: while cut, every connection, open or new, is held silent (as a
-/// network that drops packets), and closed when the cut ends.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let port = listener.local_addr().expect("address").port();
-        let (cut, watch) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cut = watch.clone();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    if !*cut.borrow() {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
-                            _ = cut.wait_for(|c| *c) => {}
-                        }
-                    }
-                    // Cut: silent until the cut ends, then closed.
-                    let _ = cut.wait_for(|c| !*c).await;
-                });
-            }
-        });
-        Self { port, cut, task }
-    }
-
-    fn cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
-impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -638,19 +592,7 @@ async fn the_fault_matrix_keeps_every_secret_valid() {
         logs.path(),
     ));
     // The operator reaches the API server through a proxy that can cut it.
-    let kubeconfig = std::fs::read_to_string(&plane.env["KUBECONFIG"]).expect("kubeconfig");
-    let server = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: https://"))
-        .expect("the API server's address")
-        .to_string();
-    let proxy = Proxy::start(server.clone()).await;
-    let proxied = logs.path().join("kubeconfig");
-    std::fs::write(
-        &proxied,
-        kubeconfig.replace(&server, &format!("127.0.0.1:{}", proxy.port)),
-    )
-    .expect("proxied kubeconfig");
+    let (proxy, proxied) = Proxy::in_front_of(Path::new(&plane.env["KUBECONFIG"]), logs.path()).await;
     let setup = Setup {
         plane,
         standin,

@@ -41,6 +41,12 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
     let labels = ctx.grants.labels(&target.namespace);
     let mut view = None;
     let mut source_key = None;
+    let stale_holding: Vec<String> = ctx
+        .stale_secrets(&target.namespace, &target.uid, &target.secret_name)
+        .into_iter()
+        .filter(|stale| stale.holds_credentials)
+        .map(|stale| stale.name)
+        .collect();
     // At most two rounds: the second one with the Secret read.
     for _ in 0..2 {
         let facts = Facts {
@@ -54,6 +60,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             session_tags: ctx.session_tags,
             token_audience: &ctx.token_audience,
             source_key: source_key.as_deref(),
+            stale_holding: &stale_holding,
             policies: &policies,
             namespace_labels: labels.as_ref(),
             now,
@@ -89,15 +96,17 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 return (requeue_at(until, now), Reason::BackingOff);
             }
             Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
-            Plan::Revoke { failure } => {
+            Plan::Revoke { failure, secrets } => {
                 // The held set goes too: a grant that returns gets new
                 // credentials, not the ones handed out before.
                 ctx.memory.forget(&target.uid);
-                warn!(name = %target.name, namespace = %target.namespace, secret = %target.secret_name, "grant revoked; removing the credentials from the Secret");
-                if let Err(error) = apply_revoked(ar, ctx, target).await {
-                    return failed(ar, ctx, target, Failure::from(&error), None, now).await;
+                for name in &secrets {
+                    warn!(name = %target.name, namespace = %target.namespace, secret = %name, "grant revoked; removing the credentials from the Secret");
+                    if let Err(error) = apply_revoked(ar, ctx, target, name).await {
+                        return failed(ar, ctx, target, Failure::from(&error), None, now).await;
+                    }
+                    ctx.metrics.secret_write("revoke");
                 }
-                ctx.metrics.secret_write("revoke");
                 return failed(ar, ctx, target, failure, None, now).await;
             }
             Plan::Keep { held, refresh, rewrite } => {
@@ -171,6 +180,13 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                     }
                 }
                 ctx.metrics.sts_budget_wait.observe(waiting.elapsed().as_secs_f64());
+                // A replica that stopped leading while this reconcile ran
+                // (its Lease could not be renewed in time) calls STS no
+                // more: the new leader does.
+                if !*ctx.leading.borrow() {
+                    debug!(name = %target.name, "no longer leading; leaving the refresh to the new leader");
+                    return (Action::await_change(), Reason::BackingOff);
+                }
                 debug!(role = %request.role_arn, session = %request.role_session_name, source = ?signer, "assuming role");
                 let minted_with = match (&ar.spec.source.secret_ref, &signer) {
                     (Some(_), Signer::Keys { access_key_id, .. }) => {
@@ -577,26 +593,30 @@ async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &H
     apply(ctx, target, &desired).await
 }
 
-/// Writes the Secret without its credentials (see [`secret::render_revoked`]).
-async fn apply_revoked(ar: &AssumedRole, ctx: &Context, target: &Target) -> Result<()> {
+/// Writes the owned Secret `name` without its credentials (see
+/// [`secret::render_revoked`]).
+async fn apply_revoked(ar: &AssumedRole, ctx: &Context, target: &Target, name: &str) -> Result<()> {
     let owner = ar.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
-    apply(ctx, target, &secret::render_revoked(ar, owner, &ctx.hmac_key)).await
+    let mut desired = secret::render_revoked(ar, owner, &ctx.hmac_key);
+    desired.metadata.name = Some(name.to_string());
+    apply_named(ctx, &target.namespace, name, &desired).await
 }
 
 /// Server-side applies `desired` as the Secret: keys the operator wrote
 /// before and `desired` lacks are removed.
 async fn apply(ctx: &Context, target: &Target, desired: &Secret) -> Result<()> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    bounded(api.patch(
-        &target.secret_name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(desired),
-    ))
-    .await
-    .map_err(|source| Error::ApplySecret {
-        name: target.secret_name.clone(),
-        source,
-    })?;
+    apply_named(ctx, &target.namespace, &target.secret_name, desired).await
+}
+
+/// Server-side applies `desired` as the Secret `name` of `namespace`.
+async fn apply_named(ctx: &Context, namespace: &str, name: &str, desired: &Secret) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    bounded(api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)))
+        .await
+        .map_err(|source| Error::ApplySecret {
+            name: name.to_string(),
+            source,
+        })?;
     Ok(())
 }
 
@@ -610,7 +630,10 @@ async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, target: &Target) 
         return;
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    for (name, secret_uid) in stale {
+    for super::StaleSecret {
+        name, uid: secret_uid, ..
+    } in stale
+    {
         // Only the object that was seen: never one created since under the
         // same name.
         let params = DeleteParams {

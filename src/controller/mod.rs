@@ -210,9 +210,9 @@ impl Context {
             .find_map(|store| store.get(&ObjectRef::new(name).within(namespace)))
     }
 
-    /// Names and UIDs of the Secrets in `namespace` that the AssumedRole
-    /// `uid` controls, other than `current`: left behind by a rename.
-    fn stale_secrets(&self, namespace: &str, uid: &str, current: &str) -> Vec<(String, Option<String>)> {
+    /// The Secrets in `namespace` that the AssumedRole `uid` controls,
+    /// other than `current`: left behind by a rename.
+    fn stale_secrets(&self, namespace: &str, uid: &str, current: &str) -> Vec<StaleSecret> {
         let Ok(stores) = self.owned_secrets.lock() else {
             return Vec::new();
         };
@@ -225,9 +225,22 @@ impl Context {
                     .iter()
                     .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "AssumedRole")
             })
-            .map(|s| (s.name_any(), s.metadata.uid.clone()))
+            .map(|s| StaleSecret {
+                name: s.name_any(),
+                uid: s.metadata.uid.clone(),
+                holds_credentials: s.annotations().contains_key(secret::EXPIRATION_ANNOTATION),
+            })
             .collect()
     }
+}
+
+/// An owned Secret under another name than the AssumedRole's current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StaleSecret {
+    name: String,
+    uid: Option<String>,
+    /// Whether it still holds credentials (it carries an expiration).
+    holds_credentials: bool,
 }
 
 /// Brings one AssumedRole's Secret and status in line with its spec.
@@ -357,12 +370,19 @@ pub async fn run(
                 watcher::Config::default().labels(secret::SELECTOR).any_semantic(),
             )
             .default_backoff()
-            // The cache needs names, UIDs and owners only: what else the
-            // metadata holds would grow memory with every Secret.
+            // The cache needs names, UIDs, owners and whether the Secret
+            // holds credentials (an empty expiration annotation stands for
+            // it): what else the metadata holds would grow memory with every
+            // Secret.
             .modify(|s| {
                 s.metadata.managed_fields = None;
-                s.metadata.annotations = None;
                 s.metadata.labels = None;
+                s.metadata.annotations = s
+                    .metadata
+                    .annotations
+                    .take()
+                    .filter(|a| a.contains_key(secret::EXPIRATION_ANNOTATION))
+                    .map(|_| [(secret::EXPIRATION_ANNOTATION.to_string(), String::new())].into());
             })
             .reflect(secret_writer)
             .inspect(move |event| grants::synced_on(event, &secrets_synced))

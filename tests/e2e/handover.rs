@@ -3,7 +3,10 @@
 //! app id in its User-Agent), SIGTERM hands the Lease over at once, SIGKILL
 //! within the lease duration, and no AssumedRole reaches its floor.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use assumed_role_operator::api::AssumedRole;
 use jiff::Timestamp;
@@ -197,5 +200,110 @@ async fn only_the_leader_calls_sts_and_a_standby_takes_over_on_sigterm_and_on_si
             "replica-c"
         };
         assert_eq!(app, expected, "a call at {at} by the wrong replica");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_leader_whose_network_goes_silent_stops_leading_before_its_lease_expires() {
+    let logs = tempfile::tempdir().expect("logs dir");
+    let standin = StandIn::start(900, 0, logs.path());
+    let sts = standin.url.as_str();
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "silent-lease").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    // The leader reaches the API server through a proxy that can go silent:
+    // connections open, packets dropped, nothing refused.
+    let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+    let (proxy, proxied) = Proxy::in_front_of(Path::new(&kubeconfig), logs.path()).await;
+    let lease = LEASE_SECONDS.to_string();
+    let proxied = proxied.display().to_string();
+    let mut a = Operator::start(
+        &ns.name,
+        &["--leader-elect", "--lease-duration-seconds", &lease],
+        &[
+            ("AWS_ENDPOINT_URL_STS", sts),
+            ("AWS_SDK_UA_APP_ID", "replica-a"),
+            ("KUBECONFIG", proxied.as_str()),
+        ],
+    );
+    leads(&a, Instant::now(), Duration::from_secs(30)).await;
+    let b = replica(&ns.name, "replica-b", sts);
+    b.wait_ready().await;
+    for i in 0..ROLES {
+        apply(&assumed_role(
+            &ns.name,
+            &format!("role-{i}"),
+            "  durationSeconds: 900\n  refreshBefore: 890s\n",
+        ));
+    }
+    for i in 0..ROLES {
+        wait_ready(&roles, &format!("role-{i}"), "True", "CredentialsReady").await;
+    }
+
+    let cut = Instant::now();
+    proxy.cut(true);
+    // Both logs watched at once: the leader must say it stopped leading
+    // before the standby takes the Lease.
+    let (mut a_down, mut b_up) = (None, None);
+    let mut a_down_at = Timestamp::now();
+    let limit = Duration::from_secs(LEASE_SECONDS + 30);
+    while (a_down.is_none() || b_up.is_none()) && cut.elapsed() < limit {
+        if a_down.is_none() && a.output().contains("lost the leader lease; stopping") {
+            a_down = Some(cut.elapsed());
+            a_down_at = Timestamp::now();
+        }
+        if b_up.is_none() && b.output().contains("acquired the leader lease") {
+            b_up = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_down = a_down.expect("the leader cut off by a silent network never stopped leading");
+    let b_up = b_up.expect("the standby never took over");
+    assert!(
+        a_down < b_up,
+        "two leaders: the standby led {b_up:?} after the cut, the old leader stopped only {a_down:?} after it"
+    );
+    assert!(
+        a_down <= Duration::from_secs(LEASE_SECONDS) * 2 / 3 + Duration::from_secs(1),
+        "stopped leading {a_down:?} after the cut, past the renew deadline"
+    );
+    // The old leader ends by itself, its network still silent.
+    let status = a
+        .exits_within(Duration::from_secs(60))
+        .await
+        .expect("the old leader exited");
+    assert!(
+        !status.success(),
+        "a lost Lease ends the process with an error: {status}"
+    );
+    proxy.cut(false);
+    eprintln!(
+        "silent network: the leader stopped leading {} ms after the cut, the standby led {} ms after it (lease {LEASE_SECONDS} s)",
+        a_down.as_millis(),
+        b_up.as_millis()
+    );
+
+    // Every AssumedRole refreshed again, and after the old leader stopped
+    // every STS call came from the new one: nothing was written by both.
+    let seconds = |t: Timestamp| t.as_millisecond() as f64 / 1000.0;
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        "refreshes by the new leader",
+        || async {
+            let report = standin.report().await;
+            let by_b = calls(&report).iter().filter(|(app, _)| app == "replica-b").count();
+            (by_b >= ROLES).then_some(())
+        },
+    )
+    .await;
+    for (app, at) in calls(&standin.report().await) {
+        if at > seconds(a_down_at) {
+            assert_eq!(
+                app, "replica-b",
+                "a call at {at} by the replica that had stopped leading"
+            );
+        }
     }
 }

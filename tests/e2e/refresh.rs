@@ -114,15 +114,17 @@ async fn a_credential_spec_change_refreshes_at_once_and_a_layout_change_does_not
     assert_eq!(new["AWS_ACCESS_KEY_ID"], old["AWS_ACCESS_KEY_ID"]);
     assert_eq!(
         new["config"],
-        "[profile billing]\ncredential_process = cat /aws/credential_process.json\n"
+        "[profile billing]\ncredential_process = cat '/aws/credential_process.json'\n"
     );
     assert_eq!(operator.sts_calls().await, 1, "a layout change called STS");
 
-    // The session name shapes the credentials: new ones at once.
+    // The session name shapes the credentials: new ones at once. It starts
+    // with the namespace, as the default policy rule asks.
+    let session = format!("{}.nightly-report", ns.name);
     merge_patch(
         &ns.name,
         "assumedrole/reader",
-        r#"{"spec":{"roleSessionName":"nightly-report"}}"#,
+        &format!(r#"{{"spec":{{"roleSessionName":"{session}"}}}}"#),
     );
     let renewed = wait_for(
         &secrets,
@@ -133,7 +135,7 @@ async fn a_credential_spec_change_refreshes_at_once_and_a_layout_change_does_not
     )
     .await;
     let arn = caller_arn(&renewed).await.expect("the new credentials work");
-    assert!(arn.ends_with("/reader/nightly-report"), "{arn}");
+    assert!(arn.ends_with(&format!("/reader/{session}")), "{arn}");
     assert_eq!(operator.sts_calls().await, 2);
 }
 

@@ -543,3 +543,90 @@ async fn the_example_pods_are_accepted_and_match_the_endpoint() {
         .expect("run the binary");
     assert!(help.status.success(), "{}", String::from_utf8_lossy(&help.stderr));
 }
+
+/// Runs the endpoint's probe as the kubelet's `exec` probe does; its exit
+/// status and what it printed.
+fn run_probe(kind: &str, address: &str, mount: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"))
+        .args([
+            "credentials-endpoint",
+            &format!("--probe={kind}"),
+            "--listen",
+            address,
+            "--credentials-dir",
+        ])
+        .arg(mount)
+        .env_clear()
+        .output()
+        .expect("run the probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_exec_probe_passes_only_while_the_endpoint_serves_unexpired_credentials() {
+    let (_scene, mount, logs, secret) = served("endpoint-probe", &[]).await;
+    let good = data(&secret);
+    let leaks = |text: &str| {
+        [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "endpoint-token",
+        ]
+        .iter()
+        .any(|k| text.contains(good[*k].as_str()))
+    };
+
+    // Before the Secret exists: an endpoint over an empty folder answers,
+    // but is not ready.
+    let empty = tempfile::tempdir().expect("empty mount");
+    let early = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"));
+    cmd.args(["credentials-endpoint", "--listen", &early, "--credentials-dir"])
+        .arg(empty.path())
+        .env_clear();
+    let _early_endpoint = Started::spawn(cmd, logs.path(), "early-endpoint");
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "the early endpoint",
+        || async { run_probe("live", &early, empty.path()).0.then_some(()) },
+    )
+    .await;
+    let (ok, text) = run_probe("ready", &early, empty.path());
+    assert!(!ok, "ready before the Secret exists: {text}");
+    assert!(text.contains("no credentials"), "{text}");
+
+    // Served: ready and live, and the probe prints no credential.
+    let (mut endpoint, address) = start_endpoint(mount.path(), logs.path()).await;
+    let (ok, text) = run_probe("ready", &address, mount.path());
+    assert!(ok, "not ready while serving: {text}");
+    assert!(text.contains("serves credentials until"), "{text}");
+    assert!(!leaks(&text), "a credential in the probe's output");
+    assert!(run_probe("live", &address, mount.path()).0);
+
+    // Expired on disk: not ready, still live (a restart would not help).
+    let mut expired = good.clone();
+    expired.insert("expiration".into(), "2020-01-01T00:00:00Z".into());
+    project(mount.path(), &expired, 1);
+    let (ok, text) = run_probe("ready", &address, mount.path());
+    assert!(!ok, "ready with expired credentials: {text}");
+    assert!(text.contains("503"), "{text}");
+    assert!(!leaks(&text), "a credential in the probe's output");
+    assert!(run_probe("live", &address, mount.path()).0);
+    project(mount.path(), &good, 2);
+    assert!(run_probe("ready", &address, mount.path()).0);
+
+    // The endpoint stopped: neither probe passes.
+    endpoint.stop();
+    let (ok, text) = run_probe("ready", &address, mount.path());
+    assert!(!ok, "ready with the endpoint stopped: {text}");
+    assert!(text.contains("connecting to the endpoint"), "{text}");
+    assert!(!run_probe("live", &address, mount.path()).0);
+}

@@ -304,3 +304,91 @@ async fn a_chained_role_is_assumed_with_the_other_assumed_roles_credentials_for_
     let report = standin.report().await;
     assert!(sessions_of(&report, &name, "loop-a").is_empty() && sessions_of(&report, &name, "loop-b").is_empty());
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn no_source_leaks_a_credential_at_trace_level() {
+    let logs = tempfile::tempdir().expect("logs dir");
+    let standin = StandIn::start(3600, 0, logs.path());
+    let Scene {
+        ns,
+        roles,
+        secrets,
+        operator,
+    } = Scene::start(
+        "trace-leaks",
+        &["--log-level", "trace"],
+        &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())],
+    )
+    .await;
+    let name = ns.name.clone();
+    let out = kubectl(&["create", "serviceaccount", "app", "-n", &name], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let static_secret = "static-secret-key-0f3c9a7e5b1d";
+    apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: user-keys, namespace: {name}}}\n\
+         stringData: {{AWS_ACCESS_KEY_ID: AKIASTATICLEAKTEST01, AWS_SECRET_ACCESS_KEY: {static_secret}}}\n"
+    ));
+    // Every source: the operator's own identity, a ServiceAccount's token,
+    // static keys, and another AssumedRole's credentials.
+    apply(&assumed_role(&name, "own", ""));
+    apply(&assumed_role(&name, "web", "  source: {serviceAccountName: app}\n"));
+    apply(&assumed_role(
+        &name,
+        "keys",
+        "  source: {secretRef: {name: user-keys}}\n",
+    ));
+    apply(&assumed_role(
+        &name,
+        "chained",
+        "  source: {assumedRoleRef: {name: own}}\n",
+    ));
+    for ar in ["own", "web", "keys", "chained"] {
+        wait_ready(&roles, ar, "True", "CredentialsReady").await;
+    }
+    let report = standin.report().await;
+    let token = sessions_of(&report, &name, "web")
+        .first()
+        .and_then(|call| call["token"].as_str())
+        .expect("the web identity token at STS")
+        .to_string();
+    let mut secret_values = vec![
+        ("the web identity token".to_string(), token),
+        ("the static secret key".to_string(), static_secret.to_string()),
+        (
+            "the operator's own secret key".to_string(),
+            std::env::var("AWS_SECRET_ACCESS_KEY").expect("the operator's key"),
+        ),
+    ];
+    for ar in ["own", "web", "keys", "chained"] {
+        let secret = data(&secrets.get(ar).await.expect("Secret"));
+        for key in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "endpoint-token"] {
+            secret_values.push((format!("{key} of {ar}"), secret[key].clone()));
+        }
+    }
+    let log = operator.output();
+    // The log is at trace: the check below means something.
+    assert!(
+        log.lines().filter(|l| l.contains("TRACE")).count() > 20,
+        "expected a trace log, got:\n{}",
+        log.lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+    let events = events_json(&name);
+    let statuses = kubectl(&["get", "assumedroles", "-n", &name, "-o", "json"], None);
+    let statuses = String::from_utf8_lossy(&statuses.stdout).to_string();
+    let (_, metrics) = operator.admin_get("/metrics").await;
+    for (what, value) in &secret_values {
+        assert!(value.len() >= 16, "{what} is too short to look for");
+        for (place, text) in [
+            ("log", &log),
+            ("Events", &events),
+            ("status", &statuses),
+            ("metrics", &metrics),
+        ] {
+            assert!(
+                !text.contains(value.as_str()),
+                "{what} appears in the operator's {place}"
+            );
+        }
+    }
+}

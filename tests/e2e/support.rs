@@ -260,6 +260,12 @@ impl Operator {
     pub fn stop(&mut self) {
         kill(&mut self.child);
     }
+
+    /// Waits at most `limit` for the process to exit by itself; its exit
+    /// status, or `None` if it was still running (it is then killed).
+    pub async fn exits_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        exit_within(&mut self.child, Instant::now() + limit).await
+    }
 }
 
 /// Waits for `child` to exit, at most until `deadline`; kills it then and
@@ -840,5 +846,70 @@ impl StandIn {
             .expect("the stand-in's report");
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("a JSON report")
+    }
+}
+
+/// A TCP proxy between the operator and the API server that can cut the
+/// network: while cut, every connection, open or new, is held silent (as a
+/// network that drops packets), and closed when the cut ends.
+pub struct Proxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("address").port();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watch.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if !*cut.borrow() {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
+                    }
+                    // Cut: silent until the cut ends, then closed.
+                    let _ = cut.wait_for(|c| !*c).await;
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    pub fn cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Proxy {
+    /// A proxy in front of the API server of the kubeconfig `kubeconfig`,
+    /// and a copy of that kubeconfig under `dir` that goes through it.
+    pub async fn in_front_of(kubeconfig: &Path, dir: &Path) -> (Self, PathBuf) {
+        let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://"))
+            .expect("the API server's address")
+            .to_string();
+        let proxy = Self::start(server.clone()).await;
+        let proxied = dir.join("kubeconfig-proxied");
+        std::fs::write(&proxied, text.replace(&server, &format!("127.0.0.1:{}", proxy.port)))
+            .expect("proxied kubeconfig");
+        (proxy, proxied)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
