@@ -236,7 +236,7 @@ fn the_probe_check_refuses_network_probes_of_the_endpoint() {
         "{exec: {command: [/bin/true]}}",
     ] {
         let mut n = 0;
-        assert_eq!(network_probes_of_loopback(&pod(bad), "t", &mut n).len(), 1, "{bad}");
+        assert!(!network_probes_of_loopback(&pod(bad), "t", &mut n).is_empty(), "{bad}");
     }
     let good = "{exec: {command: [/usr/local/bin/assumed-role-operator, credentials-endpoint, --probe=ready]}}";
     let mut n = 0;
