@@ -266,6 +266,14 @@ impl SourceKind {
     /// Every kind, in the order the README lists them.
     pub const ALL: [SourceKind; 4] = [Self::Operator, Self::ServiceAccount, Self::Secret, Self::AssumedRole];
 
+    /// The kind named `name` in `AssumedRolePolicy.spec.sources` and
+    /// `--sources`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+
     /// The name in `AssumedRolePolicy.spec.sources`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -111,6 +111,13 @@ struct RunArgs {
     /// OIDC identity provider expects.
     #[arg(long, env = "TOKEN_AUDIENCE", default_value = source::DEFAULT_AUDIENCE)]
     token_audience: String,
+    /// The kinds of source AssumedRoles may use, comma-separated, of
+    /// `Operator`, `ServiceAccount`, `Secret`, `AssumedRole`. An AssumedRole
+    /// of another kind gets `SourceDisabled`, with no call: the chart grants
+    /// the RBAC of each kind (TokenRequest for `ServiceAccount`) only when
+    /// it is on.
+    #[arg(long, env = "SOURCES", value_delimiter = ',', default_value = "Operator,ServiceAccount,Secret,AssumedRole", value_parser = source_kind)]
+    sources: Vec<assumed_role_operator::api::SourceKind>,
     /// STS calls per second, shared by every reconcile. STS throttling
     /// slows it down further until calls succeed again.
     #[arg(long, env = "STS_RATE", default_value_t = controller::DEFAULT_STS_RATE, value_parser = positive_rate)]
@@ -201,6 +208,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency = args.concurrency,
         session_tags = args.session_tags,
         token_audience = %args.token_audience,
+        sources = ?args.sources.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
         sts_rate = args.sts_rate,
         sts_burst = args.sts_burst,
         api_qps = args.api_qps,
@@ -236,6 +244,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         after_secret_write: std::time::Duration::from_secs(args.pause_after_secret_write_seconds),
     };
     ctx.token_audience = args.token_audience;
+    ctx.enabled_sources = args.sources.clone();
     ctx.budget = std::sync::Mutex::new(assumed_role_operator::budget::Bucket::new(
         args.sts_rate,
         args.sts_burst,
@@ -314,6 +323,11 @@ async fn stop(admin_server: tokio::task::JoinHandle<std::io::Result<()>>, lost: 
     }
     info!("stopped");
     Ok(())
+}
+
+fn source_kind(name: &str) -> Result<assumed_role_operator::api::SourceKind, String> {
+    assumed_role_operator::api::SourceKind::parse(name)
+        .ok_or_else(|| format!("{name:?} is not one of Operator, ServiceAccount, Secret, AssumedRole"))
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

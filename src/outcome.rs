@@ -52,6 +52,9 @@ pub enum Reason {
     SourceUnavailable,
     /// `spec.source.assumedRoleRef` leads back to where it started.
     SourceCycle,
+    /// The operator was installed without this kind of source (`--sources`,
+    /// the chart's `sources` values), so it has no permission to use it.
+    SourceDisabled,
     /// STS refused: the operator may not assume the role.
     AccessDenied,
     /// STS asked the operator to slow down.
@@ -107,6 +110,7 @@ impl Reason {
             Self::PolicyDenied => "PolicyDenied",
             Self::SourceUnavailable => "SourceUnavailable",
             Self::SourceCycle => "SourceCycle",
+            Self::SourceDisabled => "SourceDisabled",
             Self::AccessDenied => "AccessDenied",
             Self::Throttled => "Throttled",
             Self::StsUnavailable => "STSUnavailable",
@@ -132,7 +136,7 @@ impl Reason {
             | Self::FellBackToDefault
             | Self::ClampedForChaining => Retry::AtRefresh,
             Self::Suspended | Self::SecretContested | Self::BackingOff => Retry::Never,
-            Self::InvalidSpec | Self::MissingMetadata | Self::PolicyDenied => Retry::OnChange,
+            Self::InvalidSpec | Self::MissingMetadata | Self::PolicyDenied | Self::SourceDisabled => Retry::OnChange,
             Self::SecretConflict
             | Self::SourceUnavailable
             | Self::SourceCycle
@@ -181,7 +185,7 @@ impl Reason {
             Self::Suspended => "suspended",
             Self::BackingOff => "backoff",
             Self::InvalidSpec | Self::MissingMetadata => "invalid_spec",
-            Self::PolicyDenied => "policy_denied",
+            Self::PolicyDenied | Self::SourceDisabled => "policy_denied",
             Self::SourceUnavailable => "source_unavailable",
             Self::SourceCycle => "invalid_spec",
             Self::SecretConflict | Self::SecretContested => "secret_conflict",
@@ -236,8 +240,9 @@ impl From<crate::sts::StsError> for Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 26] = [
+    const ALL: [Reason; 27] = [
         Reason::ClampedForChaining,
+        Reason::SourceDisabled,
         Reason::PolicyDenied,
         Reason::SourceUnavailable,
         Reason::SourceCycle,

@@ -175,6 +175,8 @@ pub struct Facts<'a> {
     /// one that still hold credentials (a rename left them behind), from
     /// the owned-Secret cache: a revocation empties them too.
     pub stale_holding: &'a [String],
+    /// The kinds of source this installation may use (`--sources`).
+    pub enabled_sources: &'a [SourceKind],
     /// Every AssumedRolePolicy, from the watch cache.
     pub policies: &'a [Arc<AssumedRolePolicy>],
     /// The labels of the AssumedRole's namespace; `None` while the cache
@@ -272,6 +274,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         token_audience,
         source_key,
         stale_holding,
+        enabled_sources,
         policies,
         namespace_labels,
         now,
@@ -339,6 +342,18 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         Ok(setting) => setting,
         Err(invalid) => return fail(Reason::InvalidSpec, invalid.to_string(), None),
     };
+    let kind = ar.spec.source.kind();
+    if !enabled_sources.contains(&kind) {
+        return fail(
+            Reason::SourceDisabled,
+            format!(
+                "spec.source: this operator was installed without the {} source (its --sources, the chart's sources \
+                 values), so it has no permission to use it; no STS call was made",
+                kind.as_str()
+            ),
+            None,
+        );
+    }
 
     // A failing AssumedRole waits out its backoff, even across restarts and
     // whether or not its status could be written, unless its spec changed,
@@ -549,6 +564,7 @@ mod tests {
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
             stale_holding: &[],
+            enabled_sources: &SourceKind::ALL,
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -723,6 +739,7 @@ mod tests {
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
             stale_holding: &[],
+            enabled_sources: &SourceKind::ALL,
             policies,
             namespace_labels: labels,
             now: now(),
@@ -801,6 +818,7 @@ mod tests {
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
             stale_holding: &stale,
+            enabled_sources: &SourceKind::ALL,
             policies: none,
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -865,6 +883,7 @@ mod tests {
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key,
                 stale_holding: &[],
+                enabled_sources: &SourceKind::ALL,
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),
                 now: now(),
@@ -948,6 +967,7 @@ mod tests {
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
             stale_holding: &[],
+            enabled_sources: &SourceKind::ALL,
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
@@ -984,6 +1004,7 @@ mod tests {
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key: None,
                 stale_holding: &[],
+                enabled_sources: &SourceKind::ALL,
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),
                 now: decided,

@@ -251,6 +251,39 @@ fn the_probe_check_refuses_network_probes_of_the_endpoint() {
 #[ignore = "needs helm from hack/cluster.sh; run with `make test`"]
 fn chart_lints_and_renders_a_locked_down_deployment() {
     helm_ok(&["lint", "--strict", CHART]);
+    // TokenRequest only with ServiceAccount tokens on, and the operator is
+    // told which sources it may use.
+    let grants_tokens = |objects: &[Value]| {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+            .any(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "serviceaccounts/token"))
+            })
+    };
+    let sources = |objects: &[Value]| {
+        find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "SOURCES")
+            .map(|e| e["value"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let default = render(&[]);
+    assert!(!grants_tokens(&default), "TokenRequest granted by default");
+    assert_eq!(sources(&default), "Operator,Secret,AssumedRole");
+    let on = render(&[
+        "--set",
+        "sources.serviceAccountTokens=true",
+        "--set",
+        "sources.staticKeys=false",
+    ]);
+    assert!(grants_tokens(&on));
+    assert_eq!(sources(&on), "Operator,ServiceAccount,AssumedRole");
     let mut sidecars = 0;
     for values in [&[][..], ALL_FEATURES] {
         let wrong = network_probes_of_loopback(&render(values), "the chart", &mut sidecars);
@@ -511,7 +544,7 @@ fn token_kubeconfig(ns: &str, sa: &str, dir: &Path) -> std::path::PathBuf {
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn the_charts_own_rbac_is_enough_for_the_main_scenario() {
     let client = client().await;
-    let release = Release::install("aro-rbac", &[]);
+    let release = Release::install("aro-rbac", &["--set", "sources.serviceAccountTokens=true"]);
     // Every object of the release was accepted.
     for object in release.manifest() {
         let kind = object["kind"].as_str().unwrap().to_lowercase();
@@ -564,6 +597,88 @@ async fn every_source(client: &kube::Client, ns: &str) {
     for name in ["base", "web", "static", "chained"] {
         wait_ready(&roles, name, "True", "CredentialsReady").await;
     }
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_source_that_is_off_has_no_rbac_and_its_assumed_roles_say_so() {
+    let client = client().await;
+    // The default: ServiceAccount tokens off.
+    let release = Release::install("aro-nosa", &[]);
+    let sa = "aro-nosa-assumed-role-operator";
+    let who = format!("system:serviceaccount:{}:{sa}", release.ns);
+    for ns in ["kube-system", "default"] {
+        let out = kubectl(
+            &[
+                "auth",
+                "can-i",
+                "create",
+                "serviceaccounts/token",
+                "-n",
+                ns,
+                "--as",
+                &who,
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "the chart grants TokenRequest in {ns} with ServiceAccount tokens off"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let operator = release.operator(sa, dir.path());
+    let ns = TestNamespace::create(&client, "chart-nosa").await;
+    let out = kubectl(&["create", "serviceaccount", "app", "-n", &ns.name], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply(&assumed_role(&ns.name, "web", "  source: {serviceAccountName: app}\n"));
+    apply(&assumed_role(&ns.name, "base", ""));
+    apply(&assumed_role(
+        &ns.name,
+        "chained",
+        "  source: {assumedRoleRef: {name: base}}\n",
+    ));
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    let web = wait_ready(&roles, "web", "False", "SourceDisabled").await;
+    let (_, _, message) = ready(&web).expect("Ready");
+    assert!(
+        message.contains("without the ServiceAccount source") && message.contains("no STS call"),
+        "{message}"
+    );
+    // The sources that are on work as before.
+    wait_ready(&roles, "chained", "True", "CredentialsReady").await;
+    let log = operator.output();
+    assert!(!log.contains("is forbidden: User"), "a raw RBAC refusal:\n{log}");
+    // Turned on, the same install grants TokenRequest and the AssumedRole
+    // gets its credentials.
+    helm_ok(&[
+        "upgrade",
+        &release.name,
+        CHART,
+        "--namespace",
+        &release.ns,
+        "--reuse-values",
+        "--set",
+        "sources.serviceAccountTokens=true",
+    ]);
+    let out = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "serviceaccounts/token",
+            "-n",
+            &ns.name,
+            "--as",
+            &who,
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    drop(operator);
+    let _operator = release.operator(sa, dir.path());
+    wait_ready(&roles, "web", "True", "CredentialsReady").await;
 }
 
 #[tokio::test]

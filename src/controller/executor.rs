@@ -61,6 +61,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             token_audience: &ctx.token_audience,
             source_key: source_key.as_deref(),
             stale_holding: &stale_holding,
+            enabled_sources: &ctx.enabled_sources,
             policies: &policies,
             namespace_labels: labels.as_ref(),
             now,

@@ -65,6 +65,9 @@ pub struct Context {
     /// Audience of ServiceAccount tokens when the spec names none
     /// (`--token-audience`).
     pub token_audience: String,
+    /// The kinds of source this installation may use (`--sources`): the
+    /// chart grants the RBAC of each only when it is on.
+    pub enabled_sources: Vec<crate::api::SourceKind>,
     /// Testing only: pauses at the points where a crash is worst.
     pub test_pauses: TestPauses,
     /// The operator's clock, corrected to the API server's.
@@ -135,6 +138,7 @@ impl Context {
             session_tags: false,
             grants: Grants::default(),
             token_audience: crate::source::DEFAULT_AUDIENCE.into(),
+            enabled_sources: crate::api::SourceKind::ALL.to_vec(),
             leading: tokio::sync::watch::channel(true).1,
             clock: Arc::default(),
             test_pauses: TestPauses::default(),

@@ -49,9 +49,20 @@ app.kubernetes.io/part-of: assumed-role-operator
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.sources.serviceAccountTokens }}
 # spec.source.serviceAccountName: a short-lived token of that ServiceAccount
 # (TokenRequest). spec.source.secretRef reads Secrets with the rule above.
 - apiGroups: [""]
   resources: [serviceaccounts/token]
   verbs: [create]
+{{- end }}
+{{- end }}
+
+{{/* The operator's --sources, from the chart's sources values. */}}
+{{- define "aro.sources" -}}
+{{- $sources := list "Operator" -}}
+{{- if .Values.sources.serviceAccountTokens }}{{ $sources = append $sources "ServiceAccount" }}{{ end -}}
+{{- if .Values.sources.staticKeys }}{{ $sources = append $sources "Secret" }}{{ end -}}
+{{- if .Values.sources.chaining }}{{ $sources = append $sources "AssumedRole" }}{{ end -}}
+{{- join "," $sources -}}
 {{- end }}
