@@ -180,6 +180,64 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "ROLE  secret: {annotations: {\"sts.refresh.dev/expiration\": x}}\n",
         "spec.secret.annotations",
     ),
+    (
+        "a command in the mount path",
+        "ROLE  secret: {mountPath: \"/var/run/secrets/aws;id>/tmp/x;#\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a command substitution in the mount path",
+        "ROLE  secret: {mountPath: \"/aws$(id)\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "backticks in the mount path",
+        "ROLE  secret: {mountPath: \"/aws`id`\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a pipe in the mount path",
+        "ROLE  secret: {mountPath: \"/aws|id\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "an ampersand in the mount path",
+        "ROLE  secret: {mountPath: \"/aws&id\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a quote in the mount path",
+        "ROLE  secret: {mountPath: \"/aws'x\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a double quote in the mount path",
+        "ROLE  secret: {mountPath: \"/aws\\\"x\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a tab in the mount path",
+        "ROLE  secret: {mountPath: \"/aws\\tx\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a carriage return in the mount path",
+        "ROLE  secret: {mountPath: \"/aws\\rx\"}\n",
+        "spec.secret.mountPath",
+    ),
+    (
+        "a .. segment in the mount path",
+        "ROLE  secret: {mountPath: /aws/../etc}\n",
+        "spec.secret.mountPath",
+    ),
+    ("a tab in a tag key", "ROLE  tags: {\"team\\tx\": a}\n", "spec.tags"),
+    ("a semicolon in a tag key", "ROLE  tags: {\"team;x\": a}\n", "spec.tags"),
+    ("a zero duration", "ROLE  refreshBefore: 0s\n", "spec.refreshBefore"),
+    (
+        "a key prefix that is no DNS name",
+        "ROLE  secret: {labels: {\"a..b/team\": x}}\n",
+        "spec.secret.labels",
+    ),
     ("suspend as text", "ROLE  suspend: maybe\n", "spec.suspend"),
     (
         "an unknown field",
@@ -244,4 +302,214 @@ async fn malformed_assumed_roles_are_refused_naming_the_field_and_never_reach_st
     assert!(message.starts_with("spec.policy: "), "{message}");
     let report = standin.report().await;
     assert_eq!(report["assume_role"], 0, "STS was called: {report}");
+}
+
+mod generated {
+    //! Specs generated from every field's rules and past them, judged by
+    //! the real API server (schema and CEL) and by `validate()`: the two must
+    //! agree on every one. Only what CEL cannot read is left out: whether
+    //! `spec.policy` is a JSON object (the operator's `InvalidSpec`, shown
+    //! above).
+
+    use assumed_role_operator::api::{AssumedRole, AssumedRoleSpec};
+    use futures::StreamExt;
+    use kube::api::{Api, PostParams};
+    use proptest::{
+        prelude::*,
+        strategy::ValueTree,
+        test_runner::{Config, RngAlgorithm, TestRng, TestRunner},
+    };
+    use serde_json::{Value, json};
+
+    use crate::support::*;
+
+    /// Text that crosses the rules: letters, digits, the characters each
+    /// field allows, and some that none does.
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::string::string_regex(&format!("[a-z0-9.-]{{0,{max}}}")).expect("regex"),
+            proptest::string::string_regex(&format!("[A-Za-z0-9+=,.@_:/ -]{{0,{max}}}")).expect("regex"),
+            proptest::string::string_regex(&format!("[a-z0-9 \\t\\r;$`|&'\\\"*é\\u{{3000}}]{{0,{max}}}"))
+                .expect("regex"),
+        ]
+    }
+
+    fn maybe<T: std::fmt::Debug + Clone + 'static>(s: impl Strategy<Value = T> + 'static) -> BoxedStrategy<Option<T>> {
+        prop_oneof![Just(None), s.prop_map(Some)].boxed()
+    }
+
+    fn mount_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec("[A-Za-z0-9._-]{1,6}", 1..4).prop_map(|s| format!("/{}", s.join("/"))),
+            proptest::collection::vec(
+                prop_oneof![
+                    "[A-Za-z0-9._-]{0,6}".boxed(),
+                    Just("..".to_string()).boxed(),
+                    text(6).boxed()
+                ],
+                1..4
+            )
+            .prop_map(|s| format!("/{}", s.join("/"))),
+            text(12),
+        ]
+    }
+
+    fn spec() -> impl Strategy<Value = Value> {
+        let role = prop_oneof![
+            "arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,20}",
+            text(30).prop_map(|t| format!("arn:aws:iam::123456789012:role/{t}")),
+        ];
+        let map = |k: BoxedStrategy<String>, v: BoxedStrategy<String>| proptest::collection::btree_map(k, v, 0..3);
+        (
+            (
+                role,
+                maybe(-100i32..50_000),
+                maybe(text(66)),
+                maybe(text(20)),
+                maybe(proptest::collection::vec(
+                    prop_oneof!["arn:aws:iam::aws:policy/[A-Za-z]{1,8}".boxed(), text(12).boxed()],
+                    0..3,
+                )),
+                maybe(map(text(10).boxed(), text(10).boxed())),
+                maybe(text(66)),
+            ),
+            (
+                maybe(prop_oneof![
+                    "([0-9]{1,10}h)?([0-9]{1,3}m)?([0-9]{1,3}s)?".boxed(),
+                    text(6).boxed()
+                ]),
+                maybe(-5i32..105),
+                maybe(text(12)),
+                maybe(mount_path()),
+                maybe(text(8)),
+                maybe(map(text(12).boxed(), text(8).boxed())),
+                maybe(map(text(12).boxed(), text(8).boxed())),
+                maybe(prop_oneof![
+                    text(10).prop_map(|n| json!({"serviceAccountName": n})).boxed(),
+                    (text(10), maybe(text(8)))
+                        .prop_map(|(n, k)| json!({"secretRef": {"name": n, "accessKeyIdKey": k}}))
+                        .boxed(),
+                    text(10).prop_map(|n| json!({"assumedRoleRef": {"name": n}})).boxed(),
+                ]),
+            ),
+        )
+            .prop_map(
+                |(
+                    (role, duration, session, external, policy_arns, tags, identity),
+                    (before, percentage, name, mount, profile, labels, annotations, source),
+                )| {
+                    let mut spec = json!({"roleArn": role});
+                    let mut set = |k: &str, v: Option<Value>| {
+                        if let Some(v) = v {
+                            spec[k] = v;
+                        }
+                    };
+                    set("durationSeconds", duration.map(Value::from));
+                    set("roleSessionName", session.map(Value::from));
+                    set("externalId", external.map(Value::from));
+                    set("policyArns", policy_arns.map(|a| json!(a)));
+                    set(
+                        "transitiveTagKeys",
+                        tags.as_ref().and_then(|t| t.keys().next().cloned()).map(|k| json!([k])),
+                    );
+                    set("tags", tags.map(|t| json!(t)));
+                    set("sourceIdentity", identity.map(Value::from));
+                    let has_before = before.is_some();
+                    set("refreshBefore", before.map(Value::from));
+                    set("source", source);
+                    // Exclusive by a CEL rule; both set only now and then.
+                    if !has_before || percentage.is_some_and(|p| p % 7 == 0) {
+                        set("refreshBeforePercentage", percentage.map(Value::from));
+                    }
+                    let mut secret = json!({});
+                    for (k, v) in [
+                        ("name", name.map(Value::from)),
+                        ("mountPath", mount.map(Value::from)),
+                        ("profile", profile.map(Value::from)),
+                        ("labels", labels.map(|l| json!(l))),
+                        ("annotations", annotations.map(|a| json!(a))),
+                    ] {
+                        if let Some(v) = v {
+                            secret[k] = v;
+                        }
+                    }
+                    set("secret", Some(secret));
+                    spec
+                },
+            )
+    }
+
+    /// How many generated specs: enough to meet every rule from both sides
+    /// many times, in seconds against the local API server.
+    const CASES: usize = 600;
+
+    #[tokio::test]
+    #[ignore = "needs the local control plane; run with `make test`"]
+    async fn the_api_server_and_validate_agree_on_generated_specs() {
+        let client = client().await;
+        let ns = TestNamespace::create(&client, "agree").await;
+        let api: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+        let mut runner =
+            TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]));
+        let strategy = spec();
+        let specs: Vec<Value> = (0..CASES)
+            .map(|_| strategy.new_tree(&mut runner).expect("a spec").current())
+            .collect();
+        let verdicts = futures::stream::iter(specs.into_iter().enumerate())
+            .map(|(i, spec)| {
+                let api = api.clone();
+                async move {
+                    let Ok(typed) = serde_json::from_value::<AssumedRoleSpec>(spec.clone()) else {
+                        return None;
+                    };
+                    let mut ar = AssumedRole::new(&format!("gen-{i}"), typed.clone());
+                    ar.metadata.namespace = None;
+                    let server = api
+                        .create(
+                            &PostParams {
+                                dry_run: true,
+                                ..PostParams::default()
+                            },
+                            &ar,
+                        )
+                        .await;
+                    let server = match server {
+                        Ok(_) => Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => Err(s.message),
+                        Err(e) => panic!("the API server did not judge {spec}: {e}"),
+                    };
+                    Some((spec, server, typed.validate()))
+                }
+            })
+            .buffer_unordered(8)
+            .filter_map(futures::future::ready)
+            .collect::<Vec<_>>()
+            .await;
+        let (mut accepted, mut refused) = (0, 0);
+        let mut disagree = Vec::new();
+        for (spec, server, rust) in &verdicts {
+            match (server, rust) {
+                (Ok(()), Ok(())) => accepted += 1,
+                (Err(_), Err(_)) => refused += 1,
+                (Ok(()), Err(e)) => disagree.push(format!("admitted, but validate() says {e}: {spec}")),
+                (Err(m), Ok(())) => disagree.push(format!("refused ({m}), but validate() passes: {spec}")),
+            }
+        }
+        eprintln!(
+            "generated specs: {accepted} accepted and {refused} refused by both, {} apart",
+            disagree.len()
+        );
+        assert!(
+            disagree.is_empty(),
+            "{} of {}:\n{}",
+            disagree.len(),
+            verdicts.len(),
+            disagree.join("\n")
+        );
+        // Both verdicts were met often: the comparison means something.
+        assert!(
+            accepted > CASES / 20 && refused > CASES / 20,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
 }

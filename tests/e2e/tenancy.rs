@@ -224,3 +224,142 @@ async fn policies_are_checked_at_admission_naming_the_field_and_list_what_they_a
     );
     assert_eq!(crd["spec"]["scope"], "Cluster");
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn patterns_sessions_and_identities_are_judged_field_by_field_without_an_sts_call() {
+    let client = client().await;
+    let logs = tempfile::tempdir().expect("logs dir");
+    let standin = StandIn::start(3600, 0, logs.path());
+    let ns = TestNamespace::without_policy(&client, "fields").await;
+    let name = ns.name.clone();
+    let own = account();
+    // Any role of this account: partition and account are fields of their
+    // own, so no path can pass for them.
+    policy(
+        &name,
+        json!({"namespaces": {"names": [name]}, "roleArns": [format!("arn:*:iam::{own}:role/*")]}),
+    );
+    let _operator = Operator::start(&name, &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]);
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &name);
+    // A role of another account whose path ends like one of this account.
+    let crafted = format!("arn:aws:iam::999999999999:role/x:iam::{own}:role/y");
+    apply(&format!(
+        "apiVersion: sts.refresh.dev/v1alpha1\nkind: AssumedRole\nmetadata: {{name: crafted, namespace: {name}}}\n\
+         spec: {{roleArn: '{crafted}'}}\n"
+    ));
+    let other_tenant = "payroll.reader";
+    apply(&assumed_role_for(
+        &name,
+        "posing",
+        "reader",
+        &format!("  roleSessionName: {other_tenant}\n"),
+    ));
+    apply(&assumed_role_for(
+        &name,
+        "identity",
+        "reader",
+        "  sourceIdentity: alice\n",
+    ));
+    apply(&assumed_role_for(
+        &name,
+        "prefixed",
+        "reader",
+        &format!("  roleSessionName: {name}.nightly\n"),
+    ));
+    apply(&assumed_role_for(&name, "plain", "reader", ""));
+
+    let denied = wait_ready(&roles, "crafted", "False", "PolicyDenied").await;
+    let (_, _, message) = ready(&denied).expect("Ready");
+    assert!(
+        message.contains("do not name the role") && message.contains("no STS call"),
+        "{message}"
+    );
+    let posing = wait_ready(&roles, "posing", "False", "PolicyDenied").await;
+    let (_, _, message) = ready(&posing).expect("Ready");
+    assert!(
+        message.contains(&format!("session names starting with {name}. only")) && message.contains(other_tenant),
+        "{message}"
+    );
+    let identity = wait_ready(&roles, "identity", "False", "PolicyDenied").await;
+    let (_, _, message) = ready(&identity).expect("Ready");
+    assert!(message.contains("allows no spec.sourceIdentity"), "{message}");
+    wait_ready(&roles, "prefixed", "True", "CredentialsReady").await;
+    wait_ready(&roles, "plain", "True", "CredentialsReady").await;
+
+    // Counted at STS: the two allowed, nothing for the three refused.
+    let report = standin.report().await;
+    let sessions: Vec<String> = report["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["session"].as_str().map(str::to_string))
+        .collect();
+    assert!(sessions.contains(&format!("{name}.nightly")), "{sessions:?}");
+    assert!(sessions.contains(&format!("{name}.plain")), "{sessions:?}");
+    for refused in [
+        format!("{name}.crafted"),
+        other_tenant.to_string(),
+        format!("{name}.identity"),
+    ] {
+        assert!(!sessions.contains(&refused), "{refused} reached STS: {sessions:?}");
+    }
+    assert!(
+        report["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .all(|s| s["role"] != crafted.as_str()),
+        "the crafted ARN reached STS"
+    );
+
+    // A policy that names source identities lets them through.
+    policy(
+        &name,
+        json!({"namespaces": {"names": [name]}, "roleArns": [format!("arn:*:iam::{own}:role/*")],
+               "sourceIdentities": ["ali*"]}),
+    );
+    let allowed = wait_ready(&roles, "identity", "True", "CredentialsReady").await;
+    assert_eq!(allowed.status.and_then(|s| s.source_identity).as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_revocation_empties_the_secret_left_under_an_old_name_too() {
+    let client = client().await;
+    let logs = tempfile::tempdir().expect("logs dir");
+    let standin = StandIn::start(3600, 0, logs.path());
+    let ns = TestNamespace::without_policy(&client, "revoke-renamed").await;
+    let name = ns.name.clone();
+    allow(&name, &name, &[&role("reader")]);
+    let _operator = Operator::start(&name, &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]);
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
+    apply(&assumed_role(&name, "reader", ""));
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    // Renamed to a Secret that someone else owns: a conflict, so the old
+    // Secret keeps its credentials (nothing was written under the new name).
+    apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: taken, namespace: {name}}}\nstringData: {{note: mine}}\n"
+    ));
+    merge_patch(&name, "assumedrole/reader", r#"{"spec":{"secret":{"name":"taken"}}}"#);
+    wait_ready(&roles, "reader", "False", "SecretConflict").await;
+    assert!(keys(&secrets.get("reader").await.expect("the old Secret")).contains(&"AWS_SECRET_ACCESS_KEY".to_string()));
+    // Revoked: every Secret this AssumedRole owns loses its credentials,
+    // the one under the old name too; the foreign one is untouched.
+    allow(&name, &name, &[&role("someone-else")]);
+    let emptied = wait_for(
+        &secrets,
+        "reader",
+        std::time::Duration::from_secs(30),
+        "the old Secret emptied",
+        |s: Option<&Secret>| s.is_some_and(|s| !keys(s).contains(&"AWS_SECRET_ACCESS_KEY".to_string())),
+    )
+    .await;
+    assert_eq!(keys(&emptied), ["config", "endpoint-token"]);
+    let denied = wait_ready(&roles, "reader", "False", "PolicyDenied").await;
+    let (_, _, message) = ready(&denied).expect("Ready");
+    assert!(message.contains("removed from Secret reader"), "{message}");
+    assert_eq!(keys(&secrets.get("taken").await.expect("the foreign Secret")), ["note"]);
+    assert_eq!(sessions_of(&standin.report().await, &name, "reader").len(), 1);
+}
