@@ -366,7 +366,12 @@ mod tests {
         ));
         rx.wait_for(|leading| *leading).await.expect("leads");
         let led_at = tokio::time::Instant::now();
-        rx.wait_for(|leading| !*leading).await.expect("stops leading");
+        // Bounded: a leader that waits on the hung request forever fails
+        // here instead of hanging the test.
+        tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|leading| !*leading))
+            .await
+            .expect("still leading 60 s after the last renewal, every Lease request hanging")
+            .expect("stops leading");
         let stepped_down = led_at.elapsed();
         assert!(elector.await.expect("the elector"), "the loss is reported");
         // Renew deadline: two thirds of 15 s, from the last renewal.
