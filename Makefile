@@ -7,6 +7,12 @@ CARGO ?= cargo
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+.PHONY: prereqs prereqs-demo
+prereqs: ## Check that every tool `make test` needs is installed, naming what is missing
+	hack/prereqs.sh test
+prereqs-demo:
+	@hack/prereqs.sh demo
+
 .PHONY: build
 build: ## Build the operator
 	$(CARGO) build --locked
@@ -25,7 +31,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 .PHONY: unit
 unit: ## Unit tests and the CRD drift check (no cluster needed)
-	$(CARGO) test --locked --lib --bins --test crd --test chart
+	$(CARGO) test --locked --lib --bins --test crd --test chart --test prereqs
 
 .PHONY: cluster
 cluster: ## Build (or reuse) the control plane, helm and moto
@@ -40,7 +46,9 @@ image-check: ## The Dockerfile's release build, the binary's linkage, and hadoli
 	hack/image-check.sh
 
 .PHONY: test
-test: lint unit e2e image-check ## Everything CI checks
+test: ## Everything CI checks (checks the prerequisites first)
+	@hack/prereqs.sh test
+	$(MAKE) lint unit e2e image-check
 
 .PHONY: faults
 faults: cluster ## The fault matrix: every fault of the README's Reliability table under a steady workload, one row each (about 20 minutes)
@@ -52,7 +60,7 @@ bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, a restart, and
 	hack/bench-endpoint.sh
 
 .PHONY: demo
-demo: ## Run the operator against a local control plane and watch a Secret refresh
+demo: prereqs-demo ## Run the operator against a local control plane and watch a Secret refresh
 	hack/demo.sh
 
 .PHONY: up down

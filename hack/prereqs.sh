@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Checks, before anything is built, that this machine has every tool a make
+# target needs, and names each one missing with how to install it, so that a
+# run does not fail on the first missing tool many minutes in.
+#
+#   hack/prereqs.sh demo   what `make demo` needs
+#   hack/prereqs.sh test   what `make test` needs (the demo's, and the SDK
+#                          matrix's Java, Maven, Node.js and npm)
+set -euo pipefail
+
+target="${1:-test}"
+missing=()
+
+# tool, then how to get it on Debian or Ubuntu (the README lists others).
+want() {
+  local tool=$1 how=$2
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool: $how")
+}
+
+want go "Go 1.24 or newer: https://go.dev/doc/install (or apt-get install golang-go)"
+want cargo "Rust by rustup: https://rustup.rs"
+want python3 "apt-get install python3 python3-venv"
+want openssl "apt-get install openssl"
+want curl "apt-get install curl"
+want make "apt-get install make"
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  missing+=("python3 venv: apt-get install python3-venv")
+fi
+if [[ $target == test ]]; then
+  want java "Java 17 or newer: apt-get install openjdk-17-jdk-headless"
+  want mvn "Maven: apt-get install maven"
+  want node "Node.js 18 or newer: apt-get install nodejs"
+  want npm "apt-get install npm"
+  if command -v cargo >/dev/null 2>&1; then
+    cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt: rustup component add rustfmt")
+    cargo clippy --version >/dev/null 2>&1 || missing+=("clippy: rustup component add clippy")
+  fi
+  if command -v java >/dev/null 2>&1; then
+    major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = \([0-9]*\).*/\1/p')
+    if [[ -n $major ]] && ((major < 17)); then
+      missing+=("java 17 or newer (found $major): apt-get install openjdk-17-jdk-headless")
+    fi
+  fi
+fi
+
+if ((${#missing[@]})); then
+  {
+    echo "make $target needs tools this machine lacks:"
+    printf '  - %s\n' "${missing[@]}"
+    echo "Install them, then run make $target again (README.md, \"Try it\", lists them all)."
+  } >&2
+  exit 1
+fi
