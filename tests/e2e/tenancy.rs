@@ -35,6 +35,43 @@ fn role(name: &str) -> String {
     format!("arn:aws:iam::{}:role/{name}", account())
 }
 
+/// A namespace whose policy allows `role/reader` only, an operator in front
+/// of the STS stand-in, and the AssumedRole `reader`, Ready.
+struct Tenant {
+    standin: StandIn,
+    ns: TestNamespace,
+    name: String,
+    roles: Api<AssumedRole>,
+    secrets: Api<Secret>,
+    _operator: Operator,
+    _logs: tempfile::TempDir,
+}
+
+impl Tenant {
+    async fn with_reader(prefix: &str) -> Self {
+        let client = client().await;
+        let logs = tempfile::tempdir().expect("logs dir");
+        let standin = StandIn::start(3600, 0, logs.path());
+        let ns = TestNamespace::without_policy(&client, prefix).await;
+        let name = ns.name.clone();
+        allow(&name, &name, &[&role("reader")]);
+        let operator = Operator::start(&name, &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]);
+        let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &name);
+        let secrets: Api<Secret> = Api::namespaced(client, &name);
+        apply(&assumed_role(&name, "reader", ""));
+        wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+        Self {
+            standin,
+            ns,
+            name,
+            roles,
+            secrets,
+            _operator: operator,
+            _logs: logs,
+        }
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn two_tenants_each_get_their_own_role_and_are_denied_the_others_without_an_sts_call() {
@@ -104,17 +141,15 @@ async fn two_tenants_each_get_their_own_role_and_are_denied_the_others_without_a
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn a_revoked_grant_empties_the_secret_and_a_returned_one_fills_it_at_once() {
-    let client = client().await;
-    let logs = tempfile::tempdir().expect("logs dir");
-    let standin = StandIn::start(3600, 0, logs.path());
-    let ns = TestNamespace::without_policy(&client, "revoke").await;
-    let name = ns.name.clone();
-    allow(&name, &name, &[&role("reader")]);
-    let _operator = Operator::start(&name, &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]);
-    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
-    apply(&assumed_role(&name, "reader", ""));
-    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    let Tenant {
+        standin,
+        ns: _ns,
+        name,
+        roles,
+        secrets,
+        _operator,
+        _logs,
+    } = Tenant::with_reader("revoke").await;
     let first = secrets.get("reader").await.expect("Secret");
     let calls = |report: &Value| sessions_of(report, &name, "reader").len();
     assert_eq!(calls(&standin.report().await), 1);
@@ -327,17 +362,15 @@ async fn patterns_sessions_and_identities_are_judged_field_by_field_without_an_s
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn a_revocation_empties_the_secret_left_under_an_old_name_too() {
-    let client = client().await;
-    let logs = tempfile::tempdir().expect("logs dir");
-    let standin = StandIn::start(3600, 0, logs.path());
-    let ns = TestNamespace::without_policy(&client, "revoke-renamed").await;
-    let name = ns.name.clone();
-    allow(&name, &name, &[&role("reader")]);
-    let _operator = Operator::start(&name, &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]);
-    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
-    apply(&assumed_role(&name, "reader", ""));
-    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    let Tenant {
+        standin,
+        ns: _ns,
+        name,
+        roles,
+        secrets,
+        _operator,
+        _logs,
+    } = Tenant::with_reader("revoke-renamed").await;
     // Renamed to a Secret that someone else owns: a conflict, so the old
     // Secret keeps its credentials (nothing was written under the new name).
     apply(&format!(
