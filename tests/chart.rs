@@ -613,7 +613,8 @@ async fn a_source_that_is_off_has_no_rbac_and_its_assumed_roles_say_so() {
                 "auth",
                 "can-i",
                 "create",
-                "serviceaccounts/token",
+                "serviceaccounts",
+                "--subresource=token",
                 "-n",
                 ns,
                 "--as",
@@ -662,12 +663,14 @@ async fn a_source_that_is_off_has_no_rbac_and_its_assumed_roles_say_so() {
         "--set",
         "sources.serviceAccountTokens=true",
     ]);
+    // Asked as the API server authorizes TokenRequest: a subresource.
     let out = kubectl(
         &[
             "auth",
             "can-i",
             "create",
-            "serviceaccounts/token",
+            "serviceaccounts",
+            "--subresource=token",
             "-n",
             &ns.name,
             "--as",

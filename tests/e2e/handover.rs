@@ -111,7 +111,13 @@ async fn only_the_leader_calls_sts_and_a_standby_takes_over_on_sigterm_and_on_si
     leads(&a, Instant::now(), Duration::from_secs(30)).await;
     let b = replica(&ns.name, "replica-b", sts);
     b.wait_ready().await;
-    apply_ready(&roles, &ns.name, ROLES, "  durationSeconds: 900\n  refreshBefore: 890s\n").await;
+    apply_ready(
+        &roles,
+        &ns.name,
+        ROLES,
+        "  durationSeconds: 900\n  refreshBefore: 890s\n",
+    )
+    .await;
     // Long enough for every AssumedRole to be refreshed once more.
     let watched = Instant::now();
     poll(
@@ -221,7 +227,13 @@ async fn a_leader_whose_network_goes_silent_stops_leading_before_its_lease_expir
     leads(&a, Instant::now(), Duration::from_secs(30)).await;
     let b = replica(&ns.name, "replica-b", sts);
     b.wait_ready().await;
-    apply_ready(&roles, &ns.name, ROLES, "  durationSeconds: 900\n  refreshBefore: 890s\n").await;
+    apply_ready(
+        &roles,
+        &ns.name,
+        ROLES,
+        "  durationSeconds: 900\n  refreshBefore: 890s\n",
+    )
+    .await;
 
     let cut = Instant::now();
     proxy.cut(true);
