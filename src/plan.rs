@@ -173,8 +173,9 @@ pub struct Facts<'a> {
     pub source_key: Option<&'a str>,
     /// Secrets this AssumedRole controls under other names than its current
     /// one that still hold credentials (a rename left them behind), from
-    /// the owned-Secret cache: a revocation empties them too.
-    pub stale_holding: &'a [String],
+    /// the owned-Secret cache: a revocation empties them too. `None` before
+    /// they were looked for.
+    pub stale_holding: Option<&'a [String]>,
     /// The kinds of source this installation may use (`--sources`).
     pub enabled_sources: &'a [SourceKind],
     /// Every AssumedRolePolicy, from the watch cache.
@@ -203,6 +204,9 @@ pub enum Plan {
     },
     /// Read the Secret, then decide again.
     ReadSecret,
+    /// Look for the Secrets a rename left behind, then decide again: a
+    /// denied AssumedRole empties them too.
+    FindStale,
     /// No policy allows the AssumedRole any more: remove the credentials
     /// from every Secret it owns (which stay), forget those held, and say
     /// why.
@@ -303,6 +307,9 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
     if let Verdict::Denied(why) = policy::evaluate(policies.iter().map(Arc::as_ref), labels, &ask) {
         let Some(view) = secret else {
             return Plan::ReadSecret;
+        };
+        let Some(stale_holding) = stale_holding else {
+            return Plan::FindStale;
         };
         let mut secrets = Vec::new();
         if matches!(&view.observed, Observed::Owned(owned) if owned.holds_credentials) {
@@ -563,7 +570,7 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
-            stale_holding: &[],
+            stale_holding: Some(&[]),
             enabled_sources: &SourceKind::ALL,
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
@@ -707,6 +714,7 @@ mod tests {
             let got = match &plan {
                 Plan::Wait { .. } => "Wait".to_string(),
                 Plan::ReadSecret => "ReadSecret".to_string(),
+                Plan::FindStale => "FindStale".to_string(),
                 Plan::Keep { rewrite: false, .. } => "Keep".to_string(),
                 Plan::Keep { rewrite: true, .. } => "Keep rewrite".to_string(),
                 Plan::Mint { .. } => "Mint".to_string(),
@@ -738,7 +746,7 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
-            stale_holding: &[],
+            stale_holding: Some(&[]),
             enabled_sources: &SourceKind::ALL,
             policies,
             namespace_labels: labels,
@@ -806,7 +814,7 @@ mod tests {
             ..SecretView::of(&ar, None, KEY)
         };
         let stale = ["reader".to_string()];
-        let plan = decide(&Facts {
+        let facts = |stale_holding| Facts {
             ar: &ar,
             target: &target,
             held: None,
@@ -817,12 +825,15 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
-            stale_holding: &stale,
+            stale_holding,
             enabled_sources: &SourceKind::ALL,
             policies: none,
             namespace_labels: Some(&fixtures::NO_LABELS),
             now: now(),
-        });
+        };
+        // Looked for only once denied: an allowed AssumedRole never scans.
+        assert_eq!(decide(&facts(None)), Plan::FindStale);
+        let plan = decide(&facts(Some(&stale)));
         let Plan::Revoke { failure, secrets } = plan else {
             panic!("credentials kept under the old name: {plan:?}")
         };
@@ -882,7 +893,7 @@ mod tests {
                 session_tags: false,
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key,
-                stale_holding: &[],
+                stale_holding: Some(&[]),
                 enabled_sources: &SourceKind::ALL,
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),
@@ -966,7 +977,7 @@ mod tests {
             session_tags: false,
             token_audience: source::DEFAULT_AUDIENCE,
             source_key: None,
-            stale_holding: &[],
+            stale_holding: Some(&[]),
             enabled_sources: &SourceKind::ALL,
             policies: fixtures::allowing_all(),
             namespace_labels: Some(&fixtures::NO_LABELS),
@@ -1003,7 +1014,7 @@ mod tests {
                 session_tags: false,
                 token_audience: source::DEFAULT_AUDIENCE,
                 source_key: None,
-                stale_holding: &[],
+                stale_holding: Some(&[]),
                 enabled_sources: &SourceKind::ALL,
                 policies: fixtures::allowing_all(),
                 namespace_labels: Some(&fixtures::NO_LABELS),

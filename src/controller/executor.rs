@@ -41,14 +41,10 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
     let labels = ctx.grants.labels(&target.namespace);
     let mut view = None;
     let mut source_key = None;
-    let stale_holding: Vec<String> = ctx
-        .stale_secrets(&target.namespace, &target.uid, &target.secret_name)
-        .into_iter()
-        .filter(|stale| stale.holds_credentials)
-        .map(|stale| stale.name)
-        .collect();
-    // At most two rounds: the second one with the Secret read.
-    for _ in 0..2 {
+    let mut stale_holding: Option<Vec<String>> = None;
+    // At most three rounds: the second one with the Secret read, the third
+    // (a denied AssumedRole only) with the Secrets a rename left behind.
+    for _ in 0..3 {
         let facts = Facts {
             ar,
             target,
@@ -60,7 +56,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             session_tags: ctx.session_tags,
             token_audience: &ctx.token_audience,
             source_key: source_key.as_deref(),
-            stale_holding: &stale_holding,
+            stale_holding: stale_holding.as_deref(),
             enabled_sources: &ctx.enabled_sources,
             policies: &policies,
             namespace_labels: labels.as_ref(),
@@ -91,6 +87,18 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                         return failed(ar, ctx, target, Failure::from(&error), None, now).await;
                     }
                 }
+            }
+            Plan::FindStale => {
+                // From the owned-Secret cache, and only for a denied
+                // AssumedRole: a scan of every owned Secret per reconcile
+                // would grow with the square of their number.
+                stale_holding = Some(
+                    ctx.stale_secrets(&target.namespace, &target.uid, &target.secret_name)
+                        .into_iter()
+                        .filter(|stale| stale.holds_credentials)
+                        .map(|stale| stale.name)
+                        .collect(),
+                );
             }
             Plan::Wait { until } => {
                 debug!(name = %target.name, wait = %until.duration_since(now), "waiting out the backoff");
@@ -250,7 +258,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             }
         }
     }
-    // The second round always has the Secret.
+    // The last round always has the Secret and the stale ones.
     (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
 }
 
