@@ -599,6 +599,28 @@ async fn every_source(client: &kube::Client, ns: &str) {
     }
 }
 
+/// Whether `who` may create ServiceAccount tokens in `ns`, asked as the API
+/// server authorizes TokenRequest: the subresource `token` of
+/// `serviceaccounts` (`can-i create serviceaccounts/token` answers `no`
+/// whatever the rules).
+fn can_mint_tokens(ns: &str, who: &str) -> String {
+    let out = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            ns,
+            "--as",
+            who,
+        ],
+        None,
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
 async fn a_source_that_is_off_has_no_rbac_and_its_assumed_roles_say_so() {
@@ -608,22 +630,8 @@ async fn a_source_that_is_off_has_no_rbac_and_its_assumed_roles_say_so() {
     let sa = "aro-nosa-assumed-role-operator";
     let who = format!("system:serviceaccount:{}:{sa}", release.ns);
     for ns in ["kube-system", "default"] {
-        let out = kubectl(
-            &[
-                "auth",
-                "can-i",
-                "create",
-                "serviceaccounts",
-                "--subresource=token",
-                "-n",
-                ns,
-                "--as",
-                &who,
-            ],
-            None,
-        );
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            can_mint_tokens(ns, &who),
             "no",
             "the chart grants TokenRequest in {ns} with ServiceAccount tokens off"
         );
@@ -663,22 +671,7 @@ async fn a_source_that_is_off_has_no_rbac_and_its_assumed_roles_say_so() {
         "--set",
         "sources.serviceAccountTokens=true",
     ]);
-    // Asked as the API server authorizes TokenRequest: a subresource.
-    let out = kubectl(
-        &[
-            "auth",
-            "can-i",
-            "create",
-            "serviceaccounts",
-            "--subresource=token",
-            "-n",
-            &ns.name,
-            "--as",
-            &who,
-        ],
-        None,
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    assert_eq!(can_mint_tokens(&ns.name, &who), "yes");
     drop(operator);
     let _operator = release.operator(sa, dir.path());
     wait_ready(&roles, "web", "True", "CredentialsReady").await;

@@ -37,12 +37,26 @@ fn calls(report: &Value) -> Vec<(String, f64)> {
 }
 
 fn replica(ns: &str, app: &str, sts: &str) -> Operator {
+    replica_with(ns, app, sts, &[])
+}
+
+/// A replica with more environment (a `KUBECONFIG` of its own, say).
+fn replica_with(ns: &str, app: &str, sts: &str, env: &[(&str, &str)]) -> Operator {
     let lease = LEASE_SECONDS.to_string();
-    Operator::start(
-        ns,
-        &["--leader-elect", "--lease-duration-seconds", &lease],
-        &[("AWS_ENDPOINT_URL_STS", sts), ("AWS_SDK_UA_APP_ID", app)],
-    )
+    let mut all = vec![("AWS_ENDPOINT_URL_STS", sts), ("AWS_SDK_UA_APP_ID", app)];
+    all.extend_from_slice(env);
+    Operator::start(ns, &["--leader-elect", "--lease-duration-seconds", &lease], &all)
+}
+
+/// Once `leader` leads: a standby `replica-b`, ready, and the AssumedRoles
+/// `role-0`.. of `ns`, Ready, refreshed 10 s after each issue so that
+/// refreshes are due all the time.
+async fn standby_and_roles(leader: &Operator, ns: &str, roles: &Api<AssumedRole>, sts: &str) -> Operator {
+    leads(leader, Instant::now(), Duration::from_secs(30)).await;
+    let b = replica(ns, "replica-b", sts);
+    b.wait_ready().await;
+    apply_ready(roles, ns, ROLES, "  durationSeconds: 900\n  refreshBefore: 890s\n").await;
+    b
 }
 
 /// Waits until `operator` logs that it leads; returns how long that took.
@@ -108,16 +122,7 @@ async fn only_the_leader_calls_sts_and_a_standby_takes_over_on_sigterm_and_on_si
     let ns = TestNamespace::create(&client, "handover").await;
     let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
     let mut a = replica(&ns.name, "replica-a", sts);
-    leads(&a, Instant::now(), Duration::from_secs(30)).await;
-    let b = replica(&ns.name, "replica-b", sts);
-    b.wait_ready().await;
-    apply_ready(
-        &roles,
-        &ns.name,
-        ROLES,
-        "  durationSeconds: 900\n  refreshBefore: 890s\n",
-    )
-    .await;
+    let b = standby_and_roles(&a, &ns.name, &roles, sts).await;
     // Long enough for every AssumedRole to be refreshed once more.
     let watched = Instant::now();
     poll(
@@ -213,27 +218,9 @@ async fn a_leader_whose_network_goes_silent_stops_leading_before_its_lease_expir
     // connections open, packets dropped, nothing refused.
     let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let (proxy, proxied) = Proxy::in_front_of(Path::new(&kubeconfig), logs.path()).await;
-    let lease = LEASE_SECONDS.to_string();
     let proxied = proxied.display().to_string();
-    let mut a = Operator::start(
-        &ns.name,
-        &["--leader-elect", "--lease-duration-seconds", &lease],
-        &[
-            ("AWS_ENDPOINT_URL_STS", sts),
-            ("AWS_SDK_UA_APP_ID", "replica-a"),
-            ("KUBECONFIG", proxied.as_str()),
-        ],
-    );
-    leads(&a, Instant::now(), Duration::from_secs(30)).await;
-    let b = replica(&ns.name, "replica-b", sts);
-    b.wait_ready().await;
-    apply_ready(
-        &roles,
-        &ns.name,
-        ROLES,
-        "  durationSeconds: 900\n  refreshBefore: 890s\n",
-    )
-    .await;
+    let mut a = replica_with(&ns.name, "replica-a", sts, &[("KUBECONFIG", proxied.as_str())]);
+    let b = standby_and_roles(&a, &ns.name, &roles, sts).await;
 
     let cut = Instant::now();
     proxy.cut(true);
