@@ -41,6 +41,10 @@ cluster: ## Build (or reuse) the control plane, helm and moto
 e2e: cluster ## End-to-end tests against a fresh local control plane and STS
 	hack/e2e.sh
 
+.PHONY: image
+image: ## Build the image from the Dockerfile (stand-in bases where they cannot be pulled; an engine of its own where none answers)
+	hack/image.sh
+
 .PHONY: image-check
 image-check: ## The Dockerfile's release build, the binary's linkage, and hadolint
 	hack/image-check.sh

@@ -19,6 +19,7 @@ cleanup() {
       tail -n 15 "$log" >&2 || true
     done
   fi
+  hack/engine.sh stop "$STATE" || true
   hack/cluster.sh down "$STATE" || true
   rm -rf "$STATE"
   exit "$rc"
@@ -30,6 +31,11 @@ eval "$(hack/sdks.sh env)"
 hack/cluster.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"
+# Docker's engine on a socket of its own, and the operator's image.
+hack/engine.sh start "$STATE"
+# shellcheck disable=SC1091
+source "$STATE/engine.env"
+eval "$(hack/image.sh)"
 # First the operator on a control plane without the CRD; the test installs it.
 cargo test --locked --test startup -- --ignored "$@"
 kubectl apply -f crds/ >/dev/null

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Checks what can be checked of the container image without a container
-# engine: the release build that the Dockerfile runs, that the binary needs
-# nothing beyond what the distroless/cc (Debian 12) base image has, and
-# hadolint's verdict on the Dockerfile.
+# Checks the container image's recipe: the release build that the
+# Dockerfile runs, that the binary needs nothing beyond what the
+# distroless/cc (Debian 12) base image has, and hadolint's verdict on the
+# Dockerfile. The image itself is built and run by the end-to-end tests
+# (hack/image.sh, tests/e2e/image.rs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -31,6 +31,8 @@ if [[ $target == test ]]; then
   want mvn "Maven: apt-get install maven"
   want node "Node.js 18 or newer: apt-get install nodejs"
   want npm "apt-get install npm"
+  want dockerd "Docker's engine for the image tests: apt-get install docker.io (started on a socket of its own)"
+  want docker "the docker client: apt-get install docker.io"
   if command -v cargo >/dev/null 2>&1; then
     cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt: rustup component add rustfmt")
     cargo clippy --version >/dev/null 2>&1 || missing+=("clippy: rustup component add clippy")

@@ -11,6 +11,7 @@ mod budget;
 mod catalogue;
 mod failures;
 mod handover;
+mod image;
 mod lifecycle;
 mod refresh;
 mod repair;

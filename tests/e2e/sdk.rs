@@ -21,7 +21,7 @@ use crate::support::*;
 /// Writes a Secret's data under `dir` as the kubelet's atomic writer does:
 /// the files live in a timestamped folder, `..data` links to it, each key is
 /// a link into `..data`, and an update swaps `..data` with one rename.
-fn project(dir: &Path, data: &BTreeMap<String, String>, generation: usize) {
+pub(crate) fn project(dir: &Path, data: &BTreeMap<String, String>, generation: usize) {
     let folder = format!("..2026_{generation:06}");
     let target = dir.join(&folder);
     std::fs::create_dir(&target).expect("create the data folder");
@@ -96,7 +96,7 @@ fn var(name: &str) -> String {
 /// The command that runs one SDK's consumer for `seconds`, calling every
 /// `interval` seconds. Programs by absolute path: the shell-less route
 /// gives them an empty `PATH`.
-fn consumer(sdk: &str, seconds: u32, interval: f32) -> Command {
+pub(crate) fn consumer(sdk: &str, seconds: u32, interval: f32) -> Command {
     let (s, i) = (seconds.to_string(), interval.to_string());
     let mut cmd;
     match sdk {
@@ -135,7 +135,10 @@ fn consumer(sdk: &str, seconds: u32, interval: f32) -> Command {
 /// whose Secret is meant to be mounted at a fresh folder, and that Secret
 /// projected into the folder as the kubelet would. Returns the scene, the
 /// folder, a folder for logs, and the Secret as first written.
-async fn served(prefix: &str, env: &[(&str, &str)]) -> (Scene, tempfile::TempDir, tempfile::TempDir, Secret) {
+pub(crate) async fn served(
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> (Scene, tempfile::TempDir, tempfile::TempDir, Secret) {
     let scene = Scene::start(prefix, &[], env).await;
     let mount = tempfile::tempdir().expect("mount dir");
     apply(&assumed_role(
