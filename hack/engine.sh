@@ -15,6 +15,8 @@ CACHE="${ARO_CACHE:-$HOME/.cache/assumed-role-operator}"
 cmd="${1:-}"
 STATE="${2:?usage: hack/engine.sh start|stop STATE_DIR}"
 RUN="$STATE/engine"
+# The containers' cgroups, removed when the engine stops.
+CGROUP=aro-dockerd
 
 log() { printf '[engine %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -30,7 +32,7 @@ start() {
   exec_root=$(mktemp -d /tmp/aro-dockerd.XXXXXX)
   echo "$exec_root" >"$RUN/exec-root"
   dockerd --host "unix://$sock" --data-root "$CACHE/docker-data" --exec-root "$exec_root" \
-    --pidfile "$RUN/dockerd.pid" --storage-driver vfs --iptables=false --ip-forward=false \
+    --pidfile "$RUN/dockerd.pid" --cgroup-parent "$CGROUP" --storage-driver vfs --iptables=false --ip-forward=false \
     --ip-masq=false --bridge=none >"$RUN/dockerd.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$RUN/pid"
@@ -52,14 +54,26 @@ stop() {
   pid=$(cat "$RUN/pid")
   if kill -0 "$pid" 2>/dev/null; then
     # Containers the tests left behind go first.
-    local sock="$RUN/docker.sock" ids
-    ids=$(docker -H "unix://$sock" ps -aq 2>/dev/null || true)
-    [[ -z $ids ]] || docker -H "unix://$sock" rm -f $ids >/dev/null 2>&1 || true
+    local sock="$RUN/docker.sock" id
+    for id in $(docker -H "unix://$sock" ps -aq 2>/dev/null || true); do
+      docker -H "unix://$sock" rm -f "$id" >/dev/null 2>&1 || true
+    done
     kill "$pid"
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
   fi
-  [[ -f $RUN/exec-root ]] && rm -rf "$(cat "$RUN/exec-root")"
+  if [[ -f $RUN/exec-root ]]; then
+    local exec_root mounts
+    exec_root=$(cat "$RUN/exec-root")
+    # dockerd leaves its network namespace bind-mounted: undo every mount
+    # under its folders, deepest first, before removing them.
+    mounts=$(awk -v root="$exec_root" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r)
+    for mount in $mounts; do umount "$mount" 2>/dev/null || umount -l "$mount" || true; done
+    rm -rf "$exec_root"
+  fi
+  for dir in /sys/fs/cgroup/*/"$CGROUP" /sys/fs/cgroup/"$CGROUP"; do
+    [[ -d $dir ]] && rmdir "$dir" 2>/dev/null || true
+  done
   rm -f "$RUN/pid" "$STATE/engine.env"
   log "dockerd stopped"
 }

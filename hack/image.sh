@@ -19,7 +19,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-CACHE="${ARO_CACHE:-$HOME/.cache/assumed-role-operator}"
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE="${IMAGE:-ghcr.io/assumed-role-operator/assumed-role-operator:$VERSION}"
 BUILDER=rust:1.95-bookworm
@@ -80,8 +79,8 @@ runtime_standin() {
     chown 65532:65532 "$root/home/nonroot"
     # Documentation, manuals, locales and the maintainer scripts' helpers are
     # not part of distroless either; nor is any program.
-    rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/share/locale" \
-      "$root/usr/share/ca-certificates" "$root/usr/sbin" "$root/usr/bin" "$root/sbin" "$root/bin" "$root/etc/update-motd.d"
+    rm -rf "${root:?}/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/share/locale" \
+      "$root/usr/share/ca-certificates" "${root:?}/usr/sbin" "${root:?}/usr/bin" "${root:?}/sbin" "${root:?}/bin" "$root/etc/update-motd.d"
     (cd "$root" && tar --numeric-owner -cf - .) | docker import - "$tag" >/dev/null
     log "runtime stand-in $tag: $(docker image inspect "$tag" --format '{{.Size}}' | numfmt --to=iec) "
   fi
