@@ -106,12 +106,19 @@ started=$SECONDS
 args=()
 base=$RUNTIME
 if have "$RUNTIME"; then log "runtime base: $RUNTIME"; else base=$(runtime_standin); args+=(--build-arg "RUNTIME=$base"); fi
-if have "$BUILDER"; then log "build base: $BUILDER"; else args+=(--build-arg "BUILDER=$(builder_standin)"); fi
+builder=""
+if have "$BUILDER"; then log "build base: $BUILDER"; else builder=$(builder_standin); args+=(--build-arg "BUILDER=$builder"); fi
 if ! docker build --quiet "${args[@]}" --tag "$IMAGE" . >"$work/build.log" 2>&1; then
   cat "$work/build.log" >&2
   die "docker build failed"
 fi
 log "built $IMAGE in $((SECONDS - started)) s: $(docker image inspect "$IMAGE" --format '{{.Size}}' | numfmt --to=iec)"
+# The builder stand-ins of earlier binaries, and the layers no tag names,
+# would pile up in the engine's store (vfs copies every layer whole).
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' aro-standin/builder); do
+  [[ $old == "${builder:-}" ]] || docker rmi -f "$old" >/dev/null 2>&1 || true
+done
+docker image prune -f >/dev/null 2>&1 || true
 if [[ -n $own_engine ]]; then
   archive="${IMAGE_ARCHIVE:-$ROOT/target/image.tar}"
   mkdir -p "$(dirname "$archive")"
