@@ -317,6 +317,16 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
         }
         secrets.extend(stale_holding.iter().filter(|n| **n != target.secret_name).cloned());
         return match secrets.as_slice() {
+            // Emptied already: say so still, rather than flip the message
+            // (and the status) at the reconcile after the revocation.
+            [] if matches!(view.observed, Observed::Owned(_)) => fail(
+                Reason::PolicyDenied,
+                format!(
+                    "{why}; the credentials were removed from Secret {}, which stays",
+                    target.secret_name
+                ),
+                None,
+            ),
             [] => fail(Reason::PolicyDenied, format!("{why}; no STS call was made"), None),
             [name] => Plan::Revoke {
                 failure: Failure::new(
@@ -797,10 +807,17 @@ mod tests {
         let owner = ar.controller_owner_ref(&()).expect("owner");
         let emptied = secret::render_revoked(&ar, owner, KEY);
         let emptied = SecretView::of(&ar, Some(&emptied), KEY);
-        assert!(matches!(
-            judged(&ar, none, labels, None, Some(&emptied)),
-            Plan::Fail { .. }
-        ));
+        let Plan::Fail { failure, .. } = judged(&ar, none, labels, None, Some(&emptied)) else {
+            panic!("an emptied Secret written again")
+        };
+        // The same words as at the revocation: the status does not flip.
+        assert!(
+            failure
+                .message
+                .ends_with("the credentials were removed from Secret reader, which stays"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
