@@ -152,17 +152,16 @@ pub async fn elect(
             }
         }
         // tokio's clock, so that a test with a paused clock is exact.
-        let now = tokio::time::Instant::now().into_std();
-        let asked = now;
+        let asked = tokio::time::Instant::now().into_std();
         // Every round, its get and its create or replace together, ends
         // within the renew deadline (for a leader, what is left of it since
         // the last renewal): a request that hangs, as on a network that
         // drops packets, must not keep this replica leading past the point
         // where a standby may take the Lease.
-        let deadline = attempt_deadline(is_leader, last_renewed, renew_deadline, now);
+        let deadline = attempt_deadline(is_leader, last_renewed, renew_deadline, asked);
         let attempt = async {
             match api.get_opt(LEASE_NAME).await {
-                Ok(lease) => match step(lease.as_ref(), identity, duration, &mut seen, now) {
+                Ok(lease) => match step(lease.as_ref(), identity, duration, &mut seen, asked) {
                     Step::Wait => false,
                     Step::Create => api
                         .create(

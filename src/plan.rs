@@ -316,35 +316,26 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
             secrets.push(target.secret_name.clone());
         }
         secrets.extend(stale_holding.iter().filter(|n| **n != target.secret_name).cloned());
-        return match secrets.as_slice() {
+        let removed = |names: &[String]| match names {
+            [one] => format!("{why}; the credentials were removed from Secret {one}, which stays"),
+            many => format!(
+                "{why}; the credentials were removed from Secrets {}, which stay",
+                many.join(", ")
+            ),
+        };
+        return match &view.observed {
+            _ if !secrets.is_empty() => Plan::Revoke {
+                failure: Failure::new(Reason::PolicyDenied, removed(&secrets)),
+                secrets,
+            },
             // Emptied already: say so still, rather than flip the message
             // (and the status) at the reconcile after the revocation.
-            [] if matches!(view.observed, Observed::Owned(_)) => fail(
+            Observed::Owned(_) => fail(
                 Reason::PolicyDenied,
-                format!(
-                    "{why}; the credentials were removed from Secret {}, which stays",
-                    target.secret_name
-                ),
+                removed(std::slice::from_ref(&target.secret_name)),
                 None,
             ),
-            [] => fail(Reason::PolicyDenied, format!("{why}; no STS call was made"), None),
-            [name] => Plan::Revoke {
-                failure: Failure::new(
-                    Reason::PolicyDenied,
-                    format!("{why}; the credentials were removed from Secret {name}, which stays"),
-                ),
-                secrets,
-            },
-            names => Plan::Revoke {
-                failure: Failure::new(
-                    Reason::PolicyDenied,
-                    format!(
-                        "{why}; the credentials were removed from Secrets {}, which stay",
-                        names.join(", ")
-                    ),
-                ),
-                secrets,
-            },
+            _ => fail(Reason::PolicyDenied, format!("{why}; no STS call was made"), None),
         };
     }
 

@@ -12,7 +12,6 @@ use std::{
 };
 
 use assumed_role_operator::api::AssumedRole;
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
@@ -55,21 +54,13 @@ struct Container(String);
 impl Container {
     fn run(name_prefix: &str, volumes: &[String], env: &[(&str, String)], args: &[&str]) -> Self {
         let name = format!("{name_prefix}-{}", std::process::id());
-        let mut cmd = vec!["run", "-d", "--name", &name];
-        cmd.extend_from_slice(AS_THE_CHART_RUNS_IT);
-        let volumes: Vec<String> = volumes.iter().flat_map(|v| ["-v".to_string(), v.clone()]).collect();
-        let env: Vec<String> = env
-            .iter()
-            .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
-            .collect();
-        let image = image();
-        let mut all: Vec<&str> = cmd.clone();
-        all.extend(volumes.iter().map(String::as_str));
-        all.extend(env.iter().map(String::as_str));
-        all.push(&image);
-        all.extend_from_slice(args);
-        docker_ok(&all);
-        cmd.clear();
+        let mut cmd: Vec<String> = ["run", "-d", "--name", &name].iter().map(|s| s.to_string()).collect();
+        cmd.extend(AS_THE_CHART_RUNS_IT.iter().map(|s| s.to_string()));
+        cmd.extend(volumes.iter().flat_map(|v| ["-v".to_string(), v.clone()]));
+        cmd.extend(env.iter().flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")]));
+        cmd.push(image());
+        cmd.extend(args.iter().map(|s| s.to_string()));
+        docker_ok(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
         Self(name)
     }
 
@@ -89,6 +80,22 @@ impl Drop for Container {
     }
 }
 
+/// Opens `path` (a folder, recursively, or a file) for reading by the
+/// container's user, as the kubelet's volumes are; links are left alone.
+fn open_to_the_container(path: &Path) {
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    let mode = if meta.is_dir() { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("a folder").flatten() {
+            open_to_the_container(&entry.path());
+        }
+    }
+}
+
 /// A kubeconfig with its certificates inline, readable by the container's
 /// user, in `dir`.
 fn readable_kubeconfig(dir: &Path) -> String {
@@ -96,11 +103,7 @@ fn readable_kubeconfig(dir: &Path) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let path = dir.join("kubeconfig");
     std::fs::write(&path, &out.stdout).expect("write the kubeconfig");
-    let readable = |p: &Path, mode| {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod");
-    };
-    readable(dir, 0o755);
-    readable(&path, 0o644);
+    open_to_the_container(dir);
     path.display().to_string()
 }
 
@@ -169,9 +172,8 @@ async fn the_image_runs_the_operator_as_the_chart_does_and_stops_on_sigterm() {
         "a secret key in the container's log"
     );
     eprintln!(
-        "image: the operator made reader Ready and refreshed it, and stopped {} ms after SIGTERM (exit 0) at {}",
-        took.as_millis(),
-        Timestamp::now()
+        "image: the operator made reader Ready and refreshed it, and stopped {} ms after SIGTERM (exit 0)",
+        took.as_millis()
     );
 }
 
@@ -181,18 +183,7 @@ async fn the_images_credentials_endpoint_serves_a_mounted_secret_to_an_sdk() {
     let (scene, mount, logs, secret) = sdk::served("image-endpoint", &[]).await;
     // The container's user reads the mount, as the kubelet's Secret volume
     // lets it.
-    let open = |p: &Path, mode| std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode));
-    open(mount.path(), 0o755).expect("chmod the mount");
-    for entry in std::fs::read_dir(mount.path()).expect("the mount") {
-        let path = entry.expect("an entry").path();
-        let mode = if path.is_dir() { 0o755 } else { 0o644 };
-        open(&path, mode).expect("chmod");
-        if path.is_dir() {
-            for inner in std::fs::read_dir(&path).expect("a folder").flatten() {
-                open(&inner.path(), 0o644).expect("chmod");
-            }
-        }
-    }
+    open_to_the_container(mount.path());
     let address = format!("127.0.0.1:{}", free_port());
     let endpoint = Container::run(
         "aro-endpoint",
@@ -238,22 +229,11 @@ async fn the_images_credentials_endpoint_serves_a_mounted_secret_to_an_sdk() {
         )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", home.path().join("no-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("no-credentials"))
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://{address}/v1/credentials"),
-        )
-        .env(
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-            mount.path().join("endpoint-token"),
-        );
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("no-credentials"));
+    sdk::through_endpoint(&mut cmd, &address, mount.path());
     let mut process = Started::spawn(cmd, logs.path(), "boto3-image");
     let status = process.wait(Instant::now() + Duration::from_secs(90)).await;
-    let lines: Vec<serde_json::Value> = process
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::json!({"ok": false, "error": l})))
-        .collect();
+    let lines = sdk::calls(&process);
     assert!(
         status.is_some_and(|s| s.success()),
         "boto3: {status:?}: {}",
@@ -333,8 +313,8 @@ async fn the_image_holds_the_binary_on_its_base_and_no_shell() {
     ] {
         assert!(ours.contains(needed), "{needed} missing");
     }
-    let passwd = docker_ok(&["inspect", "--format", "{{.Config.User}}", &image]);
-    assert_eq!(passwd, "65532:65532");
+    let user = docker_ok(&["inspect", "--format", "{{.Config.User}}", &image]);
+    assert_eq!(user, "65532:65532");
     let size: u64 = docker_ok(&["image", "inspect", "--format", "{{.Size}}", &image])
         .parse()
         .expect("size");

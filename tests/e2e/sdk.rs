@@ -131,6 +131,26 @@ pub(crate) fn consumer(sdk: &str, seconds: u32, interval: f32) -> Command {
     cmd
 }
 
+/// Points a consumer at the credentials endpoint on `address`, with the
+/// token of the Secret mounted at `mount`: the shell-less route.
+pub(crate) fn through_endpoint(cmd: &mut Command, address: &str, mount: &Path) {
+    cmd.env(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        format!("http://{address}/v1/credentials"),
+    )
+    .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", mount.join("endpoint-token"));
+}
+
+/// What a consumer printed: one JSON line per call, `{"ok": ...}`; a line
+/// that is not JSON counts as a failed call.
+pub(crate) fn calls(consumer: &Started) -> Vec<Value> {
+    consumer
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::json!({"ok": false, "error": l})))
+        .collect()
+}
+
 /// A namespace with an operator started with `env`, an AssumedRole `reader`
 /// whose Secret is meant to be mounted at a fresh folder, and that Secret
 /// projected into the folder as the kubelet would. Returns the scene, the
@@ -217,15 +237,8 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
                 }
                 Route::Endpoint => {
                     cmd.env("PATH", bare.path())
-                        .env("AWS_CONFIG_FILE", home.path().join("no-config"))
-                        .env(
-                            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                            format!("http://{address}/v1/credentials"),
-                        )
-                        .env(
-                            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                            mount.path().join("endpoint-token"),
-                        );
+                        .env("AWS_CONFIG_FILE", home.path().join("no-config"));
+                    through_endpoint(&mut cmd, &address, mount.path());
                 }
             }
             running.push((app.clone(), Started::spawn(cmd, logs.path(), &app)));
@@ -236,11 +249,7 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
     let mut failed = Vec::new();
     for (app, process) in &mut running {
         let status = process.wait(deadline).await;
-        let calls: Vec<Value> = process
-            .stdout()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::json!({"ok": false, "error": l})))
-            .collect();
+        let calls = calls(process);
         let bad: Vec<&Value> = calls.iter().filter(|c| c["ok"] != true).collect();
         if status.is_none_or(|s| !s.success()) || !bad.is_empty() || calls.is_empty() {
             failed.push(format!(

@@ -853,13 +853,13 @@ impl StandIn {
 /// network: while cut, every connection, open or new, is held silent (as a
 /// network that drops packets), and closed when the cut ends.
 pub struct Proxy {
-    pub port: u16,
+    port: u16,
     cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    pub async fn start(target: String) -> Self {
+    async fn start(target: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let port = listener.local_addr().expect("address").port();
         let (cut, watch) = tokio::sync::watch::channel(false);
@@ -888,9 +888,7 @@ impl Proxy {
     pub fn cut(&self, cut: bool) {
         self.cut.send_replace(cut);
     }
-}
 
-impl Proxy {
     /// A proxy in front of the API server of the kubeconfig `kubeconfig`,
     /// and a copy of that kubeconfig under `dir` that goes through it.
     pub async fn in_front_of(kubeconfig: &Path, dir: &Path) -> (Self, PathBuf) {
