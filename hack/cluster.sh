@@ -4,8 +4,11 @@
 # server as the STS endpoint, all on free loopback ports.
 #
 #   hack/cluster.sh build            build or reuse the cached binaries
-#   hack/cluster.sh up   [STATE_DIR] start everything, write STATE_DIR/env
-#   hack/cluster.sh down [STATE_DIR] stop everything that `up` started, by PID
+#   hack/cluster.sh up   [STATE_DIR] [--node]
+#                                    start everything, write STATE_DIR/env;
+#                                    with --node, a real node too (hack/node.sh)
+#   hack/cluster.sh down [STATE_DIR] stop everything that `up` started, by PID,
+#                                    and undo the node's changes to the host
 #   hack/cluster.sh env  [STATE_DIR] print the environment for kubectl and the SDKs
 #   hack/cluster.sh stop  COMPONENT [STATE_DIR]  stop one component (etcd, kube-apiserver, ...) by PID
 #   hack/cluster.sh start COMPONENT [STATE_DIR]  start it again with the command line it had
@@ -26,34 +29,24 @@ BOTO3_VERSION=1.44.5
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${ARO_CACHE:-$HOME/.cache/assumed-role-operator}"
 K8S_BIN="$CACHE/k8s-v$K8S_VERSION/bin"
+NODE_BIN="$CACHE/k8s-node-v$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd-v$ETCD_VERSION/bin"
 HELM_BIN="$CACHE/helm-v$HELM_VERSION/bin"
 PROMTOOL_BIN="$CACHE/promtool-v$PROMETHEUS_VERSION/bin"
 VENV="$CACHE/venv-moto-$MOTO_VERSION-boto3-$BOTO3_VERSION"
 case "${1:-}" in
   stop|start) COMPONENT="${2:-}"; STATE="${3:-$ROOT/.cluster}" ;;
-  *) STATE="${2:-$ROOT/.cluster}" ;;
+  *) STATE="${2:-$ROOT/.cluster}"; [[ $STATE != --node ]] || STATE=$ROOT/.cluster ;;
 esac
+NODE=""
+for arg in "$@"; do [[ $arg != --node ]] || NODE=1; done
 
 # The account that moto reports for every identity it issues.
 AWS_ACCOUNT=123456789012
 
-log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-need() {
-  local missing=()
-  for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-  ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (install them first; see README.md)"
-}
-
-# Runs "$@" and logs how long it took under the label $1.
-timed() {
-  local label=$1 start=$SECONDS; shift
-  log "$label ..."
-  "$@"
-  log "$label done in $((SECONDS - start)) s"
-}
+LOG_TAG=cluster
+# shellcheck source=hack/lib.sh
+source "$ROOT/hack/lib.sh"
 
 go_build() { # module_dir out_dir version_ldflags packages...
   local module=$1 out=$2 ldflags=$3; shift 3
@@ -85,6 +78,11 @@ build() {
       go_build kubernetes "$K8S_BIN" "$(k8s_ldflags)" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
   fi
+  if [[ -x $NODE_BIN/kubelet && -x $NODE_BIN/kube-scheduler ]]; then log "kubelet v$K8S_VERSION: cached in $NODE_BIN"
+  else
+    timed "building kubelet and kube-scheduler v$K8S_VERSION (first run only)" \
+      go_build kubernetes "$NODE_BIN" "$(k8s_ldflags)" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler
+  fi
   if [[ -x $HELM_BIN/helm ]]; then log "helm v$HELM_VERSION: cached in $HELM_BIN"
   else timed "building helm v$HELM_VERSION (first run only)" go_build helm "$HELM_BIN" \
       "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" helm.sh/helm/v3/cmd/helm; fi
@@ -103,41 +101,11 @@ install_venv() {
   touch "$VENV/.complete"
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# Polls until "$@" succeeds, at most $1 seconds.
-wait_for() {
-  local limit=$1 what=$2; shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "$what not ready after ${limit}s"
-    sleep 0.2
-  done
-}
-
-# Starts a process in the background, records its PID and logs to STATE/logs,
-# and keeps its command line in STATE/cmds so that `start NAME` can run it
-# again. Environment assignments before the command are kept too.
-start() {
-  local name=$1; shift
-  mkdir -p "$STATE/cmds"
-  printf '%q ' "$@" >"$STATE/cmds/$name"
-  "$@" >>"$STATE/logs/$name.log" 2>&1 &
-  echo $! >"$STATE/pids/$name"
-}
-
-# Stops one component by its PID and waits for it to exit.
 stop_one() {
   local name=$1 pid
   [[ -f $STATE/pids/$name ]] || die "$name is not running under $STATE"
   pid=$(<"$STATE/pids/$name")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$STATE/pids/$name"
+  stop_pid "$name"
   log "stopped $name (PID $pid)"
 }
 
@@ -159,41 +127,15 @@ certs() {
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=assumed-role-operator-test-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
-  sign() { # name subject [san]
-    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
-    local ext=$d/$1.ext
-    if [[ -n ${3:-} ]]; then printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$3" >"$ext"
-    else printf 'extendedKeyUsage=clientAuth\n' >"$ext"; fi
-    openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-      -days 2 -extfile "$ext" -out "$d/$1.crt" 2>/dev/null
-  }
-  sign apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+  # 10.96.0.1 is the `kubernetes` Service's address, which a node's pods
+  # are handed as KUBERNETES_SERVICE_HOST.
+  sign apiserver "/CN=kube-apiserver" "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes.default.svc"
   sign admin "/O=system:masters/CN=admin"
   sign controller-manager "/CN=system:kube-controller-manager"
+  # The API server's identity towards a kubelet (exec, logs, port-forward).
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
-}
-
-kubeconfig() { # file user
-  local d=$STATE/pki
-  cat >"$1" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority: $d/ca.crt
-users:
-- name: $2
-  user:
-    client-certificate: $d/$2.crt
-    client-key: $d/$2.key
-contexts:
-- name: local
-  context: {cluster: local, user: $2, namespace: default}
-current-context: local
-KC
 }
 
 up() {
@@ -205,8 +147,10 @@ up() {
   ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); API_PORT=$(free_port)
   KCM_PORT=$(free_port); MOTO_PORT=$(free_port); MOTO_IAM_PORT=$(free_port)
   certs
-  kubeconfig "$STATE/kubeconfig" admin
-  kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
+  kubeconfig "$STATE/kubeconfig" admin "https://127.0.0.1:$API_PORT"
+  kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager "https://127.0.0.1:$API_PORT"
+  # What hack/node.sh needs of this control plane.
+  printf 'API_PORT=%q\nMOTO_PORT=%q\nK8S_BIN=%q\nNODE_BIN=%q\nCACHE=%q\n' "$API_PORT" "$MOTO_PORT" "$K8S_BIN" "$NODE_BIN" "$CACHE" >"$STATE/cluster.vars"
 
   log "starting etcd on 127.0.0.1:$ETCD_PORT"
   start etcd "$ETCD_BIN/server" --name default --data-dir "$STATE/etcd" \
@@ -225,18 +169,24 @@ up() {
     --client-ca-file "$p/ca.crt" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/24 --cert-dir "$STATE/apiserver" --profiling=false
+    --service-cluster-ip-range 10.96.0.0/24 --cert-dir "$STATE/apiserver" --profiling=false \
+    --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$p/ca.crt" --enable-aggregator-routing
   wait_for 90 kube-apiserver curl -sf --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
     "https://127.0.0.1:$API_PORT/readyz"
 
   log "starting kube-controller-manager"
+  local controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller
+  # With a node: what lifts the node's not-ready taint, and what a Deployment
+  # and a Service need to run pods and list their endpoints.
+  [[ -z $NODE ]] || controllers+=,node-lifecycle-controller,deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,disruption-controller
   start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
     --use-service-account-credentials \
-    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
+    --controllers "$controllers" \
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --leader-elect=false --profiling=false
   wait_for 60 kube-controller-manager curl -skf "https://127.0.0.1:$KCM_PORT/healthz"
@@ -267,21 +217,21 @@ export AWS_SECRET_ACCESS_KEY=operator-test-secret
 ENV
   cat "$STATE/iam.env" >>"$STATE/env"
   log "control plane and STS up in $((SECONDS - begin)) s; state in $STATE"
+  if [[ -n $NODE ]]; then
+    "$ROOT/hack/node.sh" up "$STATE"
+    cat "$STATE/node.env" >>"$STATE/env"
+  fi
   log "use it with: source $STATE/env"
 }
 
 down() {
   [[ -d $STATE/pids ]] || return 0
-  local pid name
+  # The node first, while the API server can still see its pods go.
+  "$ROOT/hack/node.sh" down "$STATE"
+  local name
   # Stop in reverse order of start, so the apiserver never loses etcd under it.
   for name in moto-iam moto kube-controller-manager kube-apiserver etcd; do
-    [[ -f $STATE/pids/$name ]] || continue
-    pid=$(<"$STATE/pids/$name")
-    if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$STATE/pids/$name"
+    stop_pid "$name" 50
   done
   log "stopped everything under $STATE"
 }
@@ -293,5 +243,5 @@ case "${1:-}" in
   env) cat "$STATE/env" ;;
   stop) [[ -n $COMPONENT ]] || die "usage: $0 stop COMPONENT [STATE_DIR]"; stop_one "$COMPONENT" ;;
   start) [[ -n $COMPONENT ]] || die "usage: $0 start COMPONENT [STATE_DIR]"; start_one "$COMPONENT" ;;
-  *) echo "usage: $0 build|up|down|env [STATE_DIR] | stop|start COMPONENT [STATE_DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up [STATE_DIR] [--node]|down|env [STATE_DIR] | stop|start COMPONENT [STATE_DIR]" >&2; exit 2 ;;
 esac
