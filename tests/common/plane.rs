@@ -23,11 +23,22 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts one.
     pub fn up() -> Self {
+        Self::up_with(&[])
+    }
+
+    /// Starts one with a real node (one per machine).
+    #[allow(dead_code)]
+    pub fn with_node() -> Self {
+        Self::up_with(&["--node"])
+    }
+
+    fn up_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("state dir");
         let state = dir.path().join("cluster");
         let out = Command::new("bash")
             .arg(script())
             .args(["up", state.to_str().expect("UTF-8 path")])
+            .args(flags)
             .output()
             .expect("run hack/cluster.sh up");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

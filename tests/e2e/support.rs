@@ -789,9 +789,14 @@ impl StandIn {
 
     /// Starts it with the Python `python`, in front of the moto at `moto`.
     pub fn start_with(python: &str, moto: &str, lifetime: u32, strict: u32, logs: &Path) -> Self {
+        Self::listening_on("127.0.0.1", python, moto, lifetime, strict, logs)
+    }
+
+    /// Starts it listening on `host` (an address of this machine).
+    pub fn listening_on(host: &str, python: &str, moto: &str, lifetime: u32, strict: u32, logs: &Path) -> Self {
         let mut cmd = Command::new(python);
         cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sts_standin.py"))
-            .args([moto.to_string(), lifetime.to_string(), strict.to_string()]);
+            .args([moto.to_string(), lifetime.to_string(), strict.to_string(), host.to_string()]);
         let process = Started::spawn(cmd, logs, "standin");
         let started = Instant::now();
         let port = loop {
@@ -807,7 +812,7 @@ impl StandIn {
         };
         Self {
             _process: process,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{host}:{port}"),
         }
     }
 

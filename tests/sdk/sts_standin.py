@@ -41,6 +41,9 @@ import urllib.parse
 import urllib.request
 
 MOTO, LIFETIME, STRICT = sys.argv[1].rstrip("/"), int(sys.argv[2]), int(sys.argv[3])
+# The address to listen on: 127.0.0.1 unless a fourth argument names another
+# (a node's pods reach the host at an address of their network).
+HOST = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
 
 LOCK = threading.Lock()
 ISSUED = {}  # access key -> expiry (epoch seconds), in the order issued
@@ -217,7 +220,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()
