@@ -6,16 +6,21 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 STATE="$(mktemp -d "${TMPDIR:-/tmp}/aro-e2e.XXXXXX")"
+NODE_STATE="$STATE/node-cluster"
 MATRIX_PID=""
+NODE_PID=""
 cleanup() {
   local rc=$?
-  if [[ -n $MATRIX_PID ]] && kill -0 "$MATRIX_PID" 2>/dev/null; then
-    pkill -TERM -P "$MATRIX_PID" || true
-    kill "$MATRIX_PID" 2>/dev/null || true
-  fi
+  for pid in $MATRIX_PID $NODE_PID; do
+    if kill -0 "$pid" 2>/dev/null; then
+      pkill -TERM -P "$pid" || true
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+  hack/cluster.sh down "$NODE_STATE" || true
   if ((rc != 0)) && [[ -d $STATE/logs ]]; then
-    for log in "$STATE"/logs/*.log; do
-      echo "--- last lines of $(basename "$log")" >&2
+    for log in "$STATE"/logs/*.log "$NODE_STATE"/logs/*.log; do
+      echo "--- last lines of ${log#"$STATE"/}" >&2
       tail -n 15 "$log" >&2 || true
     done
   fi
@@ -50,17 +55,40 @@ cargo test --locked --test chart -- --ignored --test-threads 1 "$@"
 # watches the whole cluster may run beside it. It runs while the demo, the
 # outages and a shortened fault matrix (the SIGKILL windows and the network
 # cuts; `make faults` runs all) run on control planes of their own.
-cargo test --locked --test e2e --test demo --test outage --test faults --no-run
+cargo test --locked --test e2e --test demo --test outage --test faults --test node --no-run
 # The demo builds the operator as a user does, without the dev-dependencies'
 # features: a second build of the dependencies, done here before the parallel
 # runs rather than inside them.
 cargo build --locked
 cargo test --locked --test e2e -- --ignored --exact "$MATRIX" --nocapture >"$STATE/sdk-matrix.log" 2>&1 &
 MATRIX_PID=$!
+# The real node, on a control plane of its own, for the same four minutes:
+# its tests too mostly wait (for rotations). Then its teardown test, which
+# starts a node of its own: one node per machine, so after the first is down.
+TEARDOWN=the_nodes_teardown_leaves_the_host_as_it_found_it
+(
+  set -e
+  hack/cluster.sh up "$NODE_STATE" --node
+  (
+    # shellcheck disable=SC1091
+    source "$NODE_STATE/env"
+    kubectl apply -f crds/ >/dev/null
+    kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
+    cargo test --locked --test node -- --ignored --skip "$TEARDOWN" --test-threads 3 --nocapture "$@"
+  )
+  hack/cluster.sh down "$NODE_STATE"
+  cargo test --locked --test node -- --ignored --exact "$TEARDOWN" --nocapture "$@"
+) >"$STATE/node.log" 2>&1 &
+NODE_PID=$!
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
 FAULTS_ONLY="${FAULTS_ONLY:-kill,network}" cargo test --locked --test faults -- --ignored --nocapture "$@"
-matrix_rc=0
+matrix_rc=0 node_rc=0
 wait "$MATRIX_PID" || matrix_rc=$?
 MATRIX_PID=""
 grep -vE '^\s*$' "$STATE/sdk-matrix.log" | grep -v '^  ' | cut -c1-2000 >&2 || true
-exit "$matrix_rc"
+wait "$NODE_PID" || node_rc=$?
+NODE_PID=""
+echo "--- the node's tests" >&2
+grep -vE '^\s*$' "$STATE/node.log" | grep -v '^  ' | cut -c1-2000 >&2 || true
+((matrix_rc == 0)) || exit "$matrix_rc"
+exit "$node_rc"

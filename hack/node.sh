@@ -28,6 +28,7 @@ LOG_TAG=node
 # shellcheck source=hack/lib.sh
 source "$ROOT/hack/lib.sh"
 [[ -n $COMMAND && -n $STATE ]] || { echo "usage: $0 up|down STATE_DIR | import STATE_DIR ARCHIVE|-" >&2; exit 2; }
+[[ -d $STATE ]] || { [[ $COMMAND == down ]] && exit 0; die "no folder $STATE"; }
 STATE=$(cd "$STATE" && pwd)
 N=$STATE/node
 
@@ -263,9 +264,12 @@ ENV
 
 down() {
   [[ -d $N || -f $STATE/pids/kubelet || -f $STATE/pids/containerd ]] || return 0
-  # shellcheck disable=SC1091
-  source "$STATE/cluster.vars"
-  local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$STATE/kubeconfig")
+  local kubectl=(kubectl --kubeconfig "$STATE/kubeconfig")
+  if [[ -f $STATE/cluster.vars ]]; then
+    # shellcheck disable=SC1091
+    source "$STATE/cluster.vars"
+    kubectl[0]=$K8S_BIN/kubectl
+  fi
   if [[ -f $STATE/pids/kubelet ]] && "${kubectl[@]}" get --raw /readyz >/dev/null 2>&1; then
     # Let the kubelet stop the pods it runs, so their volumes and networks
     # are torn down the usual way.

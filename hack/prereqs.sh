@@ -4,8 +4,10 @@
 # run does not fail on the first missing tool many minutes in.
 #
 #   hack/prereqs.sh demo   what `make demo` needs
-#   hack/prereqs.sh test   what `make test` needs (the demo's, and the SDK
-#                          matrix's Java, Maven, Node.js and npm)
+#   hack/prereqs.sh test   what `make test` needs (the demo's, the SDK
+#                          matrix's Java, Maven, Node.js and npm, Docker's
+#                          engine, and the node's containerd, runc and CNI
+#                          plugins)
 set -euo pipefail
 
 target="${1:-test}"
@@ -33,6 +35,17 @@ if [[ $target == test ]]; then
   want npm "apt-get install npm"
   want dockerd "Docker's engine for the image tests: apt-get install docker.io (started on a socket of its own)"
   want docker "the docker client: apt-get install docker.io"
+  # The real node (hack/node.sh): Debian's runtime, a static pause program,
+  # and the loopback addresses, mounts and cgroups it makes as root.
+  want containerd "the node's runtime: apt-get install containerd runc"
+  want containerd-shim-runc-v2 "apt-get install containerd"
+  want runc "apt-get install runc"
+  want ip "apt-get install iproute2"
+  want gcc "for the node's pause program: apt-get install gcc libc6-dev"
+  want dpkg-deb "Debian's dpkg, for the test images' busybox"
+  [[ -x /usr/lib/cni/ptp && -x /usr/lib/cni/host-local ]] \
+    || missing+=("the CNI plugins ptp and host-local: apt-get install containernetworking-plugins")
+  ((EUID == 0)) || missing+=("root: the node and Docker's engine make mounts, cgroups and loopback addresses")
   if command -v cargo >/dev/null 2>&1; then
     cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt: rustup component add rustfmt")
     cargo clippy --version >/dev/null 2>&1 || missing+=("clippy: rustup component add clippy")

@@ -73,7 +73,10 @@ fn operator_image() -> &'static str {
             .arg(node_script())
             .args(["import", &var("ARO_STATE"), "-"])
             .stdin(save.stdout.take().expect("docker save's output")));
-        assert!(save.wait().expect("docker save").success(), "docker save {image} failed");
+        assert!(
+            save.wait().expect("docker save").success(),
+            "docker save {image} failed"
+        );
         image
     })
 }
@@ -81,7 +84,9 @@ fn operator_image() -> &'static str {
 /// Debian's static busybox, unpacked under `dir`: `sh` and `cat` for the
 /// `config` route's image.
 fn static_busybox(dir: &Path) -> PathBuf {
-    run(Command::new("apt-get").args(["download", "busybox-static"]).current_dir(dir));
+    run(Command::new("apt-get")
+        .args(["download", "busybox-static"])
+        .current_dir(dir));
     let deb = std::fs::read_dir(dir)
         .expect("the download folder")
         .filter_map(Result::ok)
@@ -176,7 +181,15 @@ impl Release {
 
     /// `helm uninstall`, waiting until what it deleted is gone.
     fn uninstall(&mut self) {
-        helm(&["uninstall", &self.name, "--namespace", &self.ns, "--wait", "--timeout", "120s"]);
+        helm(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.ns,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]);
         self.name.clear();
     }
 }
@@ -188,7 +201,10 @@ impl Drop for Release {
                 .args(["uninstall", &self.name, "--namespace", &self.ns])
                 .output();
         }
-        let _ = kubectl(&["delete", "namespace", &self.ns, "--wait=false", "--ignore-not-found"], None);
+        let _ = kubectl(
+            &["delete", "namespace", &self.ns, "--wait=false", "--ignore-not-found"],
+            None,
+        );
     }
 }
 
@@ -223,7 +239,9 @@ async fn the_charts_deployment_runs_the_operator_as_a_pod_that_makes_an_assumed_
     apply(&assumed_role(&ns.name, "reader", ""));
     wait_ready(&roles, "reader", "True", "CredentialsReady").await;
     let first_ready = started.elapsed();
-    eprintln!("node: helm install --wait took {installed:?}; the first AssumedRole was Ready {first_ready:?} after the install began");
+    eprintln!(
+        "node: helm install --wait took {installed:?}; the first AssumedRole was Ready {first_ready:?} after the install began"
+    );
 
     // The operator runs as the chart made it: on the node, from the image,
     // under the chart's ServiceAccount and security context, Ready through
@@ -233,7 +251,10 @@ async fn the_charts_deployment_runs_the_operator_as_a_pod_that_makes_an_assumed_
     let pod = &pods[0];
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.node_name.as_deref(), Some(var("ARO_NODE").as_str()));
-    assert_eq!(spec.service_account_name.as_deref(), Some("aro-node-assumed-role-operator"));
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("aro-node-assumed-role-operator")
+    );
     let container = &spec.containers[0];
     assert_eq!(container.image.as_deref(), Some(operator_image()));
     assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
@@ -252,17 +273,26 @@ async fn the_charts_deployment_runs_the_operator_as_a_pod_that_makes_an_assumed_
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let secret = secrets.get("reader").await.expect("the Secret");
     let arn = caller_arn(&secret).await.expect("the Secret's credentials work");
-    assert!(arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)), "{arn}");
+    assert!(
+        arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
+        "{arn}"
+    );
 
     // `helm uninstall` leaves no pod behind (the operator stops within its
     // grace period); the Secret it made stays.
     release.uninstall();
     let stopping = Instant::now();
-    poll(Duration::from_secs(60), Duration::from_millis(250), "the operator's pod to go", || async {
-        release.pods().await.is_empty().then_some(())
-    })
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "the operator's pod to go",
+        || async { release.pods().await.is_empty().then_some(()) },
+    )
     .await;
-    eprintln!("node: the operator's pod was gone {:?} after helm uninstall", stopping.elapsed());
+    eprintln!(
+        "node: the operator's pod was gone {:?} after helm uninstall",
+        stopping.elapsed()
+    );
     assert!(secrets.get_opt("reader").await.expect("get").is_some());
 }
 
@@ -310,7 +340,12 @@ fn workload(route: Route, ns: &str, image: &str, sts: &str, run: u32) -> Value {
 
 /// When each version of the Secret `reader` was written (by its
 /// `credentials` key), as a watch sees it.
-fn watch_versions(secrets: &Api<Secret>) -> (tokio::task::JoinHandle<()>, tokio::sync::watch::Receiver<Vec<(String, Instant)>>) {
+fn watch_versions(
+    secrets: &Api<Secret>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<Vec<(String, Instant)>>,
+) {
     let (tx, rx) = tokio::sync::watch::channel(Vec::<(String, Instant)>::new());
     let stream = watcher(
         secrets.clone(),
@@ -344,10 +379,10 @@ async fn watch_the_mount(uid: &str, until: Instant) -> Vec<(String, Instant)> {
         .join(secret::CREDENTIALS);
     let mut seen: Vec<(String, Instant)> = Vec::new();
     while Instant::now() < until {
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            if seen.last().is_none_or(|(k, _)| *k != text) {
-                seen.push((text, Instant::now()));
-            }
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && seen.last().is_none_or(|(k, _)| *k != text)
+        {
+            seen.push((text, Instant::now()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -388,9 +423,13 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
     let pod = workload(route, &ns.name, &image, &standin.url, RUN);
     apply(&pod.to_string());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let running = wait_for(&pods, "report", Duration::from_secs(90), "the workload pod Ready", |p: Option<&Pod>| {
-        p.is_some_and(pod_ready)
-    })
+    let running = wait_for(
+        &pods,
+        "report",
+        Duration::from_secs(90),
+        "the workload pod Ready",
+        |p: Option<&Pod>| p.is_some_and(pod_ready),
+    )
     .await;
     let uid = running.metadata.uid.clone().expect("a UID");
     if route == Route::Endpoint {
@@ -400,9 +439,16 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
         assert!(sidecar.started == Some(true) && sidecar.ready, "{sidecar:?}");
     }
     let mounted = watch_the_mount(&uid, Instant::now() + Duration::from_secs(u64::from(RUN))).await;
-    let done = wait_for(&pods, "report", Duration::from_secs(90), "the workload pod to finish", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref()?.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed")
-    })
+    let done = wait_for(
+        &pods,
+        "report",
+        Duration::from_secs(90),
+        "the workload pod to finish",
+        |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed")
+        },
+    )
     .await;
     watch.abort();
     let written = versions.borrow().clone();
@@ -415,11 +461,20 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"ok": false, "error": l})))
         .collect();
     let failed: Vec<&Value> = calls.iter().filter(|c| c["ok"] != true).collect();
-    assert!(failed.is_empty(), "{} of {} calls failed, the first: {:?}", failed.len(), calls.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, the first: {:?}",
+        failed.len(),
+        calls.len(),
+        failed.first()
+    );
     assert!(calls.len() >= 100, "only {} calls in {RUN} s", calls.len());
     for call in &calls {
         let arn = call["arn"].as_str().unwrap_or_default();
-        assert!(arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)), "{arn}");
+        assert!(
+            arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
+            "{arn}"
+        );
     }
     assert_eq!(
         done.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -430,7 +485,11 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
 
     // What the kubelet wrote: the operator rotated the Secret at least three
     // times while the consumer ran, and each rotation reached the pod.
-    assert!(mounted.len() >= 4, "the mount changed {} times", mounted.len().saturating_sub(1));
+    assert!(
+        mounted.len() >= 4,
+        "the mount changed {} times",
+        mounted.len().saturating_sub(1)
+    );
     let mut delays = Vec::new();
     for (key, at) in &mounted[1..] {
         let (_, written_at) = written
@@ -452,7 +511,12 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
     // a newer key by itself, in the order they were issued.
     let report = standin.report().await;
     let app = format!("node-{route:?}").to_lowercase();
-    let issued: Vec<&str> = report["issued"].as_array().expect("issued").iter().filter_map(Value::as_str).collect();
+    let issued: Vec<&str> = report["issued"]
+        .as_array()
+        .expect("issued")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     let seen: Vec<usize> = report["seen"][app.as_str()]
         .as_array()
         .map(|a| {
@@ -498,7 +562,10 @@ async fn a_pod_with_a_shell_keeps_reading_fresh_credentials_through_the_config_k
     an_sdk_in_a_pod_keeps_working_across_rotations(Route::Config).await;
 }
 
-/// What a node changes on the host, read off the host.
+/// What a node changes on the host, read off the host. Of the mounts, those
+/// a node makes: under its state folder `scope`, or under the host paths
+/// the kubelet, containerd and CNI use whatever their settings (other tests
+/// may run beside this one and mount elsewhere).
 #[derive(Debug, PartialEq)]
 struct Host {
     sysctls: BTreeMap<String, String>,
@@ -511,10 +578,20 @@ struct Host {
 
 impl Host {
     fn read() -> Self {
-        let sysctls = ["vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "net.ipv4.ip_forward"]
-            .iter()
-            .map(|k| (k.to_string(), run(Command::new("sysctl").args(["-n", k])).trim().to_string()))
-            .collect();
+        let sysctls = [
+            "vm.overcommit_memory",
+            "kernel.panic",
+            "kernel.panic_on_oops",
+            "net.ipv4.ip_forward",
+        ]
+        .iter()
+        .map(|k| {
+            (
+                k.to_string(),
+                run(Command::new("sysctl").args(["-n", k])).trim().to_string(),
+            )
+        })
+        .collect();
         let paths = [
             "/var/log/containers",
             "/var/lib/kubelet",
@@ -561,6 +638,24 @@ impl Host {
             processes,
         }
     }
+
+    /// The same, with only the mounts a node under `scope` could make.
+    fn of_node(mut self, scope: &Path) -> Self {
+        let scope = scope.display().to_string();
+        self.mounts.retain(|m| {
+            [
+                scope.as_str(),
+                "/var/lib/kubelet",
+                "/var/lib/cni",
+                "/run/containerd",
+                "/run/netns",
+                "/var/log/pods",
+            ]
+            .iter()
+            .any(|p| m.starts_with(p))
+        });
+        self
+    }
 }
 
 #[tokio::test]
@@ -568,16 +663,26 @@ impl Host {
 async fn the_nodes_teardown_leaves_the_host_as_it_found_it() {
     let before = Host::read();
     let plane = plane::ControlPlane::with_node();
+    let before = before.of_node(plane.state());
     // A running pod with a Secret volume, so that there are mounts, a
     // sandbox, a network namespace and cgroups to undo (its consumer finds
     // no credentials and keeps trying).
     plane.kubectl(&["create", "secret", "generic", "data", "--from-literal=k=v"], None);
-    poll(Duration::from_secs(30), Duration::from_millis(200), "the default ServiceAccount", || async {
-        kubectl_with(&[("KUBECONFIG", &plane.env["KUBECONFIG"])], &["get", "serviceaccount", "default"], None)
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the default ServiceAccount",
+        || async {
+            kubectl_with(
+                &[("KUBECONFIG", &plane.env["KUBECONFIG"])],
+                &["get", "serviceaccount", "default"],
+                None,
+            )
             .status
             .success()
             .then_some(())
-    })
+        },
+    )
     .await;
     let dir = tempfile::tempdir().expect("image dir");
     let archive = dir.path().join("sleeper.tar");
@@ -585,7 +690,10 @@ async fn the_nodes_teardown_leaves_the_host_as_it_found_it() {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/node/image.py"))
         .arg(&archive)
         .args(["aro.local/sleeper:1", &format!("{}=/consumer", var("ARO_SDK_GO"))]));
-    run(Command::new("bash").arg(node_script()).args(["import", &plane.env["ARO_STATE"]]).arg(&archive));
+    run(Command::new("bash")
+        .arg(node_script())
+        .args(["import", &plane.env["ARO_STATE"]])
+        .arg(&archive));
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
         "spec": {
@@ -597,14 +705,24 @@ async fn the_nodes_teardown_leaves_the_host_as_it_found_it() {
         }
     });
     plane.kubectl(&["apply", "-f", "-"], Some(&pod.to_string()));
-    plane.kubectl(&["wait", "--for", "condition=Ready", "--timeout=60s", "pod/sleeper"], None);
-    let during = Host::read();
+    plane.kubectl(
+        &["wait", "--for", "condition=Ready", "--timeout=60s", "pod/sleeper"],
+        None,
+    );
+    let during = Host::read().of_node(plane.state());
     // The node did change the host (else this test could not fail).
-    assert!(during.mounts.len() > before.mounts.len(), "no mounts while the node ran");
+    assert!(
+        during.mounts.len() > before.mounts.len(),
+        "no mounts while the node ran"
+    );
     assert!(!during.cgroups.is_empty(), "no kubepods cgroups while the node ran");
     assert_ne!(during.loopback, before.loopback);
     assert!(during.paths.contains("/run/assumed-role-operator-node"));
+    let scope = plane.state().to_path_buf();
     drop(plane);
-    let after = Host::read();
-    assert_eq!(after, before, "the host after the node's teardown differs from before it started");
+    let after = Host::read().of_node(&scope);
+    assert_eq!(
+        after, before,
+        "the host after the node's teardown differs from before it started"
+    );
 }

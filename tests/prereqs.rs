@@ -53,7 +53,7 @@ fn make_test_names_every_missing_tool_at_once() {
     tools.extend(["go", "cargo", "python3", "openssl", "curl", "make"]);
     let (ok, stderr, took) = check("test", &tools);
     assert!(!ok, "passed without Java, Maven, Node.js and npm: {stderr}");
-    for tool in ["java:", "mvn:", "node:", "npm:"] {
+    for tool in ["java:", "mvn:", "node:", "npm:", "containerd:", "runc:"] {
         assert!(stderr.contains(tool), "{tool} not named: {stderr}");
     }
     assert!(stderr.contains("apt-get install maven"), "{stderr}");

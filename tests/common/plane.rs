@@ -52,6 +52,12 @@ impl ControlPlane {
         Self { state, env, _dir: dir }
     }
 
+    /// The folder its processes keep their state, logs and mounts in.
+    #[allow(dead_code)]
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
     /// `hack/cluster.sh VERB COMPONENT` on it: `stop` or `start` a part.
     pub fn cluster(&self, verb: &str, component: &str) {
         let out = Command::new("bash")

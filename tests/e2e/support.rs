@@ -796,7 +796,12 @@ impl StandIn {
     pub fn listening_on(host: &str, python: &str, moto: &str, lifetime: u32, strict: u32, logs: &Path) -> Self {
         let mut cmd = Command::new(python);
         cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sts_standin.py"))
-            .args([moto.to_string(), lifetime.to_string(), strict.to_string(), host.to_string()]);
+            .args([
+                moto.to_string(),
+                lifetime.to_string(),
+                strict.to_string(),
+                host.to_string(),
+            ]);
         let process = Started::spawn(cmd, logs, "standin");
         let started = Instant::now();
         let port = loop {
