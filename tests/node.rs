@@ -296,6 +296,37 @@ async fn the_charts_deployment_runs_the_operator_as_a_pod_that_makes_an_assumed_
     assert!(secrets.get_opt("reader").await.expect("get").is_some());
 }
 
+#[test]
+#[ignore = "needs the node that `make test` starts"]
+fn the_kubelet_refuses_anonymous_requests_and_takes_the_api_servers_certificate() {
+    let state = PathBuf::from(var("ARO_STATE"));
+    let config = std::fs::read_to_string(state.join("node/kubelet/config.yaml")).expect("the kubelet's config");
+    let port = config
+        .lines()
+        .find_map(|l| l.strip_prefix("port: "))
+        .expect("the kubelet's port")
+        .trim()
+        .to_string();
+    let url = format!("https://127.0.0.1:{port}/pods");
+    let pki = state.join("pki");
+    let ca = pki.join("ca.crt");
+    let status = |extra: &[&Path]| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca);
+        if let [cert, key] = extra {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        run(cmd.arg(&url))
+    };
+    assert_eq!(status(&[]), "401", "an anonymous request to the kubelet");
+    let (cert, key) = (
+        pki.join("apiserver-kubelet-client.crt"),
+        pki.join("apiserver-kubelet-client.key"),
+    );
+    assert_eq!(status(&[&cert, &key]), "200", "the API server's request to the kubelet");
+}
+
 /// A route from the mounted Secret to the SDK, as `examples/` shows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Route {

@@ -3,6 +3,14 @@
 //! and six long-lived AWS clients (boto3, the AWS CLI v1, Go v2, Java v2,
 //! JavaScript v3, Rust), each started once, through both routes, against a
 //! strict STS stand-in that refuses credentials close to their expiry.
+//!
+//! The kubelet's writer is imitated here (`project`, `mirror`) only for what
+//! a real kubelet cannot give: six runtimes at once without an image of
+//! each, a kubelet slower than a real one (5 s after each write), and, for
+//! the endpoint's and the probe's tests, credentials that expire on disk and
+//! a Secret emptied and refilled at chosen moments.
+//! `tests/node.rs` runs both routes in real pods on a real node, with the
+//! Secret mounted by the kubelet.
 
 use std::{
     collections::BTreeMap,

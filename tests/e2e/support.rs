@@ -905,7 +905,14 @@ impl Proxy {
         let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
         let server = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("server: https://"))
+            .find_map(|l| {
+                let value = l
+                    .trim()
+                    .strip_prefix("server:")?
+                    .trim()
+                    .trim_matches(|c| c == '"' || c == '\'');
+                value.strip_prefix("https://")
+            })
             .expect("the API server's address")
             .to_string();
         let proxy = Self::start(server.clone()).await;
