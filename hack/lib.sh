@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by hack/cluster.sh and hack/node.sh (sourced, not run): logging,
 # processes started and stopped by PID under $STATE, and certificates
 # signed by the local cluster's CA. The caller sets LOG_TAG and STATE.
