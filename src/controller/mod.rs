@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 mod executor;
 mod grants;
+mod index;
 mod publisher;
 
 pub use crate::plan::MAX_RESTORES;
@@ -354,9 +355,17 @@ pub async fn run(
             // What the watch hears, or fails to, says whether the API server
             // answers.
             let seen = ctx.clone();
+            let index = Arc::new(index::SecretIndex::default());
+            let filing = index.clone();
             let roles = watcher(roles, watcher::Config::default().any_semantic())
                 .default_backoff()
                 .inspect(move |event| seen.api_answered(event.is_ok()))
+                // Which AssumedRoles a Secret's name concerns, kept in step.
+                .inspect(move |event| {
+                    if let Ok(event) = event {
+                        filing.apply(event);
+                    }
+                })
                 .reflect(writer)
                 .inspect(move |event| grants::synced_on(event, &roles_synced))
                 .applied_objects()
@@ -415,8 +424,7 @@ pub async fn run(
             .predicate_filter(predicates::resource_version, Default::default());
             let ctx = ctx.clone();
             let token = shutdown.clone();
-            let wanting = reader.clone();
-            let reading = reader.clone();
+            let (wanting, reading) = (index.clone(), index);
             let api_back = futures::stream::unfold(ctx.api_back.subscribe(), |mut rx| async move {
                 use tokio::sync::broadcast::error::RecvError;
                 match rx.recv().await {
@@ -444,8 +452,8 @@ pub async fn run(
                 // A change to a Secret, or its deletion, wakes its owner and
                 // every AssumedRole that names it: one that lost a conflict
                 // takes the name over as soon as it is free.
-                .watches_stream(owned, move |secret| interested(&wanting, &secret))
-                .watches_stream(others, move |secret| interested(&reading, &secret))
+                .watches_stream(owned, move |secret| wanting.interested(&secret))
+                .watches_stream(others, move |secret| reading.interested(&secret))
                 .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
                 .graceful_shutdown_on(async move { token.cancelled_owned().await })
                 .run(reconcile, error_policy, ctx)
@@ -527,38 +535,6 @@ pub async fn run(
 /// How long the reconciles in flight may take to finish after a shutdown
 /// begins: less than the chart's `terminationGracePeriodSeconds` (30 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
-
-/// The AssumedRoles that a change to `secret` concerns: its controller,
-/// every AssumedRole in its namespace that wants a Secret of its name, and
-/// every AssumedRole whose `spec.source` reads it (static keys by name, or
-/// the credentials of its controller for role chaining).
-fn interested(
-    roles: &reflector::Store<AssumedRole>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<AssumedRole>> {
-    let name = secret.name_any();
-    let namespace = secret.namespace();
-    let owner = secret
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "AssumedRole")
-        .map(|o| (o.uid.clone(), o.name.clone()));
-    roles
-        .state()
-        .iter()
-        .filter(|ar| ar.namespace() == namespace)
-        .filter(|ar| {
-            let source = &ar.spec.source;
-            ar.secret_name() == name
-                || source.secret_ref.as_ref().is_some_and(|s| s.name == name)
-                || owner.as_ref().is_some_and(|(uid, owner_name)| {
-                    ar.uid().as_ref() == Some(uid)
-                        || source.assumed_role_ref.as_ref().is_some_and(|r| &r.name == owner_name)
-                })
-        })
-        .map(|ar| ObjectRef::from_obj(ar.as_ref()))
-        .collect()
-}
 
 /// What a list of `K` that ended in `result` says about its CRD, if
 /// anything is wrong.
