@@ -14,6 +14,7 @@
                                        watch on stdin; exits once N distinct
                                        AssumedRoles are Ready
 """
+import base64
 import json
 import os
 import random
@@ -27,6 +28,13 @@ def others(count, namespaces):
     key), and small application Secrets; some carry the last-applied
     annotation that `kubectl apply` leaves, as many clusters' do."""
     rng = random.Random(42)
+    # One real key pair (BENCH_TLS_DIR/tls.crt and tls.key, from openssl),
+    # so that the API server takes the TLS Secrets without a warning each.
+    tls_dir = os.environ["BENCH_TLS_DIR"]
+    tls = {
+        key: base64.b64encode(open(os.path.join(tls_dir, key), "rb").read()).decode()
+        for key in ("tls.crt", "tls.key")
+    }
 
     def blob(n):
         return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(n))
@@ -42,7 +50,7 @@ def others(count, namespaces):
         elif kind == 1:
             name = f"tls-{i}"
             labels = {"app.kubernetes.io/name": f"ingress-{i}"}
-            secret = {"type": "kubernetes.io/tls", "data": {"tls.crt": blob(2800), "tls.key": blob(2300)}}
+            secret = {"type": "kubernetes.io/tls", "data": tls}
         else:
             name = f"app-config-{i}"
             labels = {"app": f"app-{i}"}

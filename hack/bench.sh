@@ -69,7 +69,9 @@ create() {
 }
 if ((OTHERS > 0)); then
   started=$SECONDS
-  py others "$OTHERS" "${names[@]}" "${apps[@]}" >"$STATE/others.yaml"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench.example \
+    -keyout "$STATE/tls.key" -out "$STATE/tls.crt" 2>/dev/null
+  BENCH_TLS_DIR=$STATE py others "$OTHERS" "${names[@]}" "${apps[@]}" >"$STATE/others.yaml"
   create "$STATE/others.yaml"
   log "created $OTHERS unrelated Secrets ($(du -h "$STATE/others.yaml" | cut -f1) of YAML) in $((SECONDS - started)) s"
 fi

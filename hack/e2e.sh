@@ -41,6 +41,8 @@ hack/engine.sh start "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/engine.env"
 eval "$(hack/image.sh)"
+# The release build that the image holds, for the memory test.
+export ARO_OPERATOR_RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release/assumed-role-operator"
 # First the operator on a control plane without the CRD; the test installs it.
 cargo test --locked --test startup -- --ignored "$@"
 kubectl apply -f crds/ >/dev/null
@@ -82,6 +84,9 @@ TEARDOWN=the_nodes_teardown_leaves_the_host_as_it_found_it
 NODE_PID=$!
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
 FAULTS_ONLY="${FAULTS_ONLY:-kill,network}" cargo test --locked --test faults -- --ignored --nocapture "$@"
+# The benchmark at a small size, so that it keeps working (`make bench` runs
+# it at full size by hand).
+BENCH_N=60 BENCH_OTHER_SECRETS=150 BENCH_STEADY=2 hack/bench.sh
 matrix_rc=0 node_rc=0
 wait "$MATRIX_PID" || matrix_rc=$?
 MATRIX_PID=""

@@ -13,6 +13,7 @@ mod failures;
 mod handover;
 mod image;
 mod lifecycle;
+mod memory;
 mod refresh;
 mod repair;
 mod sdk;

@@ -139,11 +139,33 @@ impl Operator {
     }
 
     fn start_full(base: &[&str], args: &[&str], env: &[(&str, &str)], remove: &[&str]) -> Self {
+        Self::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_assumed-role-operator")),
+            base,
+            args,
+            env,
+            remove,
+        )
+    }
+
+    /// Starts the operator binary at `binary` (the release build, say),
+    /// watching `namespace`, with extra arguments.
+    pub fn start_release(binary: &Path, namespace: &str, args: &[&str]) -> Self {
+        Self::start_binary(
+            binary,
+            &["--namespace", namespace, "--watch-namespaces", namespace],
+            args,
+            &[],
+            &[],
+        )
+    }
+
+    fn start_binary(binary: &Path, base: &[&str], args: &[&str], env: &[(&str, &str)], remove: &[&str]) -> Self {
         require_cluster();
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("operator.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"));
+        let mut cmd = Command::new(binary);
         cmd.arg("run")
             .args(base)
             .args(["--admin-address", "127.0.0.1:0", "--log-format", "text"])
@@ -159,6 +181,17 @@ impl Operator {
         }
         let child = cmd.spawn().expect("start the operator");
         Self { child, log, _dir: dir }
+    }
+
+    /// Its resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("the operator's status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 
     /// Everything the operator has logged so far.
