@@ -41,7 +41,9 @@ hack/engine.sh start "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/engine.env"
 eval "$(hack/image.sh)"
-# The release build that the image holds, for the memory test.
+# The release build (what the image holds), for the memory test; already
+# built where the image's build stage was stood in for.
+cargo build --release --locked
 export ARO_OPERATOR_RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release/assumed-role-operator"
 # First the operator on a control plane without the CRD; the test installs it.
 cargo test --locked --test startup -- --ignored "$@"
@@ -66,7 +68,8 @@ cargo test --locked --test e2e -- --ignored --exact "$MATRIX" --nocapture >"$STA
 MATRIX_PID=$!
 # The real node, on a control plane of its own, for the same four minutes:
 # its tests too mostly wait (for rotations). Then its teardown test, which
-# starts a node of its own: one node per machine, so after the first is down.
+# starts a node of its own (one node per machine, so after the first is
+# down), and the benchmark.
 TEARDOWN=the_nodes_teardown_leaves_the_host_as_it_found_it
 (
   set -e
@@ -80,20 +83,20 @@ TEARDOWN=the_nodes_teardown_leaves_the_host_as_it_found_it
   )
   hack/cluster.sh down "$NODE_STATE"
   cargo test --locked --test node -- --ignored --exact "$TEARDOWN" --nocapture "$@"
+  # The benchmark at a small size, so that it keeps working (`make bench`
+  # runs it at full size by hand).
+  BENCH_N=60 BENCH_OTHER_SECRETS=150 BENCH_STEADY=2 hack/bench.sh
 ) >"$STATE/node.log" 2>&1 &
 NODE_PID=$!
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
 FAULTS_ONLY="${FAULTS_ONLY:-kill,network}" cargo test --locked --test faults -- --ignored --nocapture "$@"
-# The benchmark at a small size, so that it keeps working (`make bench` runs
-# it at full size by hand).
-BENCH_N=60 BENCH_OTHER_SECRETS=150 BENCH_STEADY=2 hack/bench.sh
 matrix_rc=0 node_rc=0
 wait "$MATRIX_PID" || matrix_rc=$?
 MATRIX_PID=""
 grep -vE '^\s*$' "$STATE/sdk-matrix.log" | grep -v '^  ' | cut -c1-2000 >&2 || true
 wait "$NODE_PID" || node_rc=$?
 NODE_PID=""
-echo "--- the node's tests" >&2
+echo "--- the node's tests and the benchmark" >&2
 grep -vE '^\s*$' "$STATE/node.log" | grep -v '^  ' | cut -c1-2000 >&2 || true
 ((matrix_rc == 0)) || exit "$matrix_rc"
 exit "$node_rc"

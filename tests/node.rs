@@ -542,21 +542,8 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
     // a newer key by itself, in the order they were issued.
     let report = standin.report().await;
     let app = format!("node-{route:?}").to_lowercase();
-    let issued: Vec<&str> = report["issued"]
-        .as_array()
-        .expect("issued")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let seen: Vec<usize> = report["seen"][app.as_str()]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(|k| issued.iter().position(|i| *i == k).expect("a key the stand-in issued"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let issued = issued(&report);
+    let seen = used_by(&report, &app);
     assert!(
         report["rejected"].as_array().is_some_and(Vec::is_empty),
         "the stand-in refused calls: {}",

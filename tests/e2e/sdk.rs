@@ -279,12 +279,7 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
     }
     mirror.abort();
     let report = standin.report().await;
-    let issued: Vec<&str> = report["issued"]
-        .as_array()
-        .expect("issued")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let issued = issued(&report);
     eprintln!(
         "sdk matrix: {} STS AssumeRole calls, {} keys issued",
         report["assume_role"],
@@ -296,22 +291,15 @@ async fn six_sdks_started_once_keep_working_across_rotations_through_both_routes
     );
     let mut stuck = Vec::new();
     for (app, calls, bad) in &table {
-        let seen: Vec<&str> = report["seen"][app.as_str()]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let positions = used_by(&report, app);
         let counted: u64 = report["calls"][app.as_str()]
             .as_object()
             .map(|m| m.values().filter_map(Value::as_u64).sum())
             .unwrap_or(0);
-        eprintln!("{app:<16} {calls:>6} {bad:>8} {counted:>10} {:>6}", seen.len());
+        eprintln!("{app:<16} {calls:>6} {bad:>8} {counted:>10} {:>6}", positions.len());
         // Keys are used in the order they were issued, and at least one newer
         // than the first.
-        let positions: Vec<usize> = seen
-            .iter()
-            .map(|k| issued.iter().position(|i| i == k).expect("a key the stand-in issued"))
-            .collect();
-        if seen.len() < 2 || positions.windows(2).any(|w| w[0] >= w[1]) {
+        if positions.len() < 2 || positions.windows(2).any(|w| w[0] >= w[1]) {
             stuck.push(format!("{app} used keys {positions:?} of {}", issued.len()));
         }
     }

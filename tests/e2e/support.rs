@@ -892,6 +892,31 @@ impl StandIn {
     }
 }
 
+/// The keys a stand-in's `report` says it issued, oldest first.
+pub fn issued(report: &serde_json::Value) -> Vec<&str> {
+    report["issued"]
+        .as_array()
+        .expect("issued")
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect()
+}
+
+/// Which of the issued keys the consumer `app` used, as places in
+/// [`issued`], in the order it first used each.
+pub fn used_by(report: &serde_json::Value, app: &str) -> Vec<usize> {
+    let issued = issued(report);
+    report["seen"][app]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(|k| issued.iter().position(|i| *i == k).expect("a key the stand-in issued"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A TCP proxy between the operator and the API server that can cut the
 /// network: while cut, every connection, open or new, is held silent (as a
 /// network that drops packets), and closed when the cut ends.
