@@ -13,6 +13,17 @@ use crate::plan::{Held, Remembered};
 struct Entry {
     held: Option<Held>,
     failures: Option<Remembered>,
+    written: Option<Written>,
+}
+
+/// The last status this process wrote for an AssumedRole: the
+/// resourceVersion it was written over, and a hash of the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    /// The object's resourceVersion before the write.
+    pub over: String,
+    /// A hash of the status written.
+    pub status: u64,
 }
 
 /// The memory of one process, keyed by AssumedRole UID.
@@ -50,6 +61,16 @@ impl Memory {
     /// Remembers the failures of `uid`, or forgets them after a success.
     pub fn set_failures(&self, uid: &str, failures: Option<Remembered>) {
         self.with(uid, |e| e.failures = failures);
+    }
+
+    /// The last status written for `uid`.
+    pub fn written(&self, uid: &str) -> Option<Written> {
+        self.with(uid, |e| e.written.clone()).flatten()
+    }
+
+    /// Remembers the status just written for `uid`.
+    pub fn set_written(&self, uid: &str, written: Written) {
+        self.with(uid, |e| e.written = Some(written));
     }
 
     /// Forgets every AssumedRole whose UID is not in `live`; returns how many.

@@ -110,7 +110,13 @@ pub fn next(
                 conditions,
                 expiration_time: Some(Time(expires)),
                 refresh_time: Some(Time(refresh.at)),
-                last_refresh_time: refreshed_at.map(Time).or(old.last_refresh_time.clone()),
+                // Served credentials were issued at their last refresh: a
+                // reconcile that reads the status before its own last write
+                // reached the cache must not write it without this.
+                last_refresh_time: refreshed_at
+                    .map(Time)
+                    .or(old.last_refresh_time.clone())
+                    .or(Some(Time(held.issued))),
                 last_failure_time: old.last_failure_time.clone(),
                 consecutive_failures: 0,
                 assumed_role_arn: held.assumed_role_arn.clone(),
@@ -284,6 +290,26 @@ mod tests {
         assert_eq!(s.refresh_time, Some(Time(at(2400))));
         assert_eq!(s.expiration_time, Some(Time(at(3600))));
         assert_eq!(s.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn credentials_served_without_a_refresh_report_when_they_were_issued() {
+        // The status as a reconcile sees it before the mint's status patch
+        // reached its cache: the status it writes is the mint's, not one
+        // without lastRefreshTime.
+        let held = held();
+        let report = Report::Serving {
+            held: &held,
+            refresh: Refresh {
+                at: at(2400),
+                adjustment: None,
+            },
+            refreshed_at: None,
+            clamped_from: None,
+        };
+        let kept = next(&AssumedRoleStatus::default(), Some(1), "reader", report, at(5));
+        assert_eq!(kept.last_refresh_time, Some(Time(held.issued)));
+        assert_eq!(kept.last_refresh_time, ready().last_refresh_time);
     }
 
     #[test]

@@ -677,6 +677,16 @@ async fn patch_status(
     if ar.status.is_some() && *old == status {
         return Ok(());
     }
+    // The same status this process wrote over this very version: the write
+    // has not reached the cache yet (a reconcile woken by the Secret's own
+    // event comes first). Writing it again would only cost a request.
+    let written = crate::memory::Written {
+        over: ar.metadata.resource_version.clone().unwrap_or_default(),
+        status: status_hash(&status),
+    };
+    if ctx.memory.written(&target.uid).as_ref() == Some(&written) {
+        return Ok(());
+    }
     let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &target.namespace);
     let patch = json!({
         "apiVersion": AssumedRole::api_version(&()),
@@ -690,7 +700,16 @@ async fn patch_status(
     ))
     .await
     .map_err(Error::PatchStatus)?;
+    ctx.memory.set_written(&target.uid, written);
     Ok(())
+}
+
+/// A hash of a status, to tell whether it is the one last written.
+fn status_hash(status: &AssumedRoleStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(status).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
 }
 
 async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: Reason, note: &str) {
