@@ -366,6 +366,9 @@ pub async fn run(
                         filing.apply(event);
                     }
                 })
+                // Who wrote which field is the API server's business: kept
+                // in the cache it would cost memory with every AssumedRole.
+                .modify(|ar| ar.metadata.managed_fields = None)
                 .reflect(writer)
                 .inspect(move |event| grants::synced_on(event, &roles_synced))
                 .applied_objects()
