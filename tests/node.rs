@@ -109,16 +109,22 @@ fn consumer_image(shell: bool, dir: &Path) -> String {
         entries.push(format!("{}=/bin/busybox", busybox.display()));
         entries.extend(["/bin/sh@busybox".to_string(), "/bin/cat@busybox".to_string()]);
     }
+    import_image(&var("ARO_STATE"), &archive, &tag, &entries);
+    tag
+}
+
+/// Writes a one-layer image `tag` of `entries` (hack/node/image.py's) to
+/// `archive`, and imports it into the node of the cluster under `state`.
+fn import_image(state: &str, archive: &Path, tag: &str, entries: &[String]) {
     run(Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/node/image.py"))
-        .arg(&archive)
-        .arg(&tag)
-        .args(&entries));
+        .arg(archive)
+        .arg(tag)
+        .args(entries));
     run(Command::new("bash")
         .arg(node_script())
-        .args(["import", &var("ARO_STATE")])
-        .arg(&archive));
-    tag
+        .args(["import", state])
+        .arg(archive));
 }
 
 fn helm(args: &[&str]) -> String {
@@ -703,15 +709,12 @@ async fn the_nodes_teardown_leaves_the_host_as_it_found_it() {
     )
     .await;
     let dir = tempfile::tempdir().expect("image dir");
-    let archive = dir.path().join("sleeper.tar");
-    run(Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/node/image.py"))
-        .arg(&archive)
-        .args(["aro.local/sleeper:1", &format!("{}=/consumer", var("ARO_SDK_GO"))]));
-    run(Command::new("bash")
-        .arg(node_script())
-        .args(["import", &plane.env["ARO_STATE"]])
-        .arg(&archive));
+    import_image(
+        &plane.env["ARO_STATE"],
+        &dir.path().join("sleeper.tar"),
+        "aro.local/sleeper:1",
+        &[format!("{}=/consumer", var("ARO_SDK_GO"))],
+    );
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
         "spec": {
