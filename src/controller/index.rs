@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::RwLock,
+    sync::{Arc, RwLock},
 };
 
 use k8s_openapi::api::core::v1::Secret;
@@ -17,74 +17,113 @@ use kube::{
 
 use crate::api::AssumedRole;
 
-/// A namespace and a name.
-type Key = (String, String);
+/// A name, shared by every map that holds it: at ten thousand AssumedRoles
+/// the index costs about 200 bytes each.
+type Name = Arc<str>;
 
-/// The names an AssumedRole is filed under.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The names an AssumedRole is filed under, within its namespace.
+#[derive(Debug, PartialEq)]
 struct Filed {
     /// The Secrets it writes or reads: `spec.secret.name`, and the Secret of
     /// static keys that `spec.source.secretRef` names.
-    secrets: Vec<Key>,
+    secrets: Box<[Name]>,
     /// The AssumedRole whose credentials it assumes from
     /// (`spec.source.assumedRoleRef`).
-    source_role: Option<Key>,
+    source_role: Option<Name>,
 }
 
 impl Filed {
-    fn of(ar: &AssumedRole) -> Self {
-        let ns = ar.namespace().unwrap_or_default();
+    /// What `ar` (named `name`) is filed under; its Secret's name shares
+    /// `name` when it is the same, as it is by default.
+    fn of(ar: &AssumedRole, name: &Name) -> Self {
+        let share = |other: String| if *other == **name { name.clone() } else { other.into() };
         let source = &ar.spec.source;
-        let mut secrets = vec![(ns.clone(), ar.secret_name())];
+        let mut secrets = vec![share(ar.secret_name())];
         if let Some(r) = &source.secret_ref {
-            secrets.push((ns.clone(), r.name.clone()));
+            secrets.push(share(r.name.clone()));
         }
         Self {
-            secrets,
-            source_role: source.assumed_role_ref.as_ref().map(|r| (ns, r.name.clone())),
+            secrets: secrets.into(),
+            source_role: source.assumed_role_ref.as_ref().map(|r| share(r.name.clone())),
         }
     }
+}
+
+/// One namespace's part of the index.
+#[derive(Default)]
+struct Names {
+    /// Secret name to the AssumedRoles that write or read it.
+    by_secret: HashMap<Name, Vec<Name>>,
+    /// AssumedRole name to the AssumedRoles that assume from it.
+    by_source_role: HashMap<Name, Vec<Name>>,
+    filed: HashMap<Name, Filed>,
 }
 
 #[derive(Default)]
 struct Maps {
-    by_secret: HashMap<Key, HashSet<ObjectRef<AssumedRole>>>,
-    by_source_role: HashMap<Key, HashSet<ObjectRef<AssumedRole>>>,
-    filed: HashMap<ObjectRef<AssumedRole>, Filed>,
+    namespaces: HashMap<Name, Names>,
+}
+
+fn add(map: &mut HashMap<Name, Vec<Name>>, key: &Name, ar: &Name) {
+    let list = map.entry(key.clone()).or_default();
+    if !list.contains(ar) {
+        list.push(ar.clone());
+    }
+}
+
+fn remove(map: &mut HashMap<Name, Vec<Name>>, key: &Name, ar: &Name) {
+    if let Some(list) = map.get_mut(key) {
+        list.retain(|n| n != ar);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Names {
+    fn unfile(&mut self, name: &str) {
+        let Some((name, filed)) = self.filed.remove_entry(name) else {
+            return;
+        };
+        for secret in &filed.secrets {
+            remove(&mut self.by_secret, secret, &name);
+        }
+        if let Some(role) = &filed.source_role {
+            remove(&mut self.by_source_role, role, &name);
+        }
+    }
 }
 
 impl Maps {
     fn file(&mut self, ar: &AssumedRole) {
-        let key = ObjectRef::from_obj(ar);
-        let filed = Filed::of(ar);
-        if self.filed.get(&key) == Some(&filed) {
-            return;
-        }
-        self.unfile(&key);
+        let namespace = ar.namespace().unwrap_or_default();
+        let names = match self.namespaces.get_mut(namespace.as_str()) {
+            Some(names) => names,
+            None => self.namespaces.entry(namespace.into()).or_default(),
+        };
+        let name: Name = match names.filed.get_key_value(ar.name_any().as_str()) {
+            Some((name, filed)) if *filed == Filed::of(ar, name) => return,
+            Some((name, _)) => name.clone(),
+            None => ar.name_any().into(),
+        };
+        names.unfile(&name);
+        let filed = Filed::of(ar, &name);
         for secret in &filed.secrets {
-            self.by_secret.entry(secret.clone()).or_default().insert(key.clone());
+            add(&mut names.by_secret, secret, &name);
         }
         if let Some(role) = &filed.source_role {
-            self.by_source_role.entry(role.clone()).or_default().insert(key.clone());
+            add(&mut names.by_source_role, role, &name);
         }
-        self.filed.insert(key, filed);
+        names.filed.insert(name, filed);
     }
 
-    fn unfile(&mut self, key: &ObjectRef<AssumedRole>) {
-        let Some(filed) = self.filed.remove(key) else { return };
-        let remove = |map: &mut HashMap<Key, HashSet<ObjectRef<AssumedRole>>>, k: &Key| {
-            if let Some(set) = map.get_mut(k) {
-                set.remove(key);
-                if set.is_empty() {
-                    map.remove(k);
-                }
+    fn unfile(&mut self, ar: &AssumedRole) {
+        let namespace = ar.namespace().unwrap_or_default();
+        if let Some(names) = self.namespaces.get_mut(namespace.as_str()) {
+            names.unfile(&ar.name_any());
+            if names.filed.is_empty() {
+                self.namespaces.remove(namespace.as_str());
             }
-        };
-        for secret in &filed.secrets {
-            remove(&mut self.by_secret, secret);
-        }
-        if let Some(role) = &filed.source_role {
-            remove(&mut self.by_source_role, role);
         }
     }
 }
@@ -102,11 +141,7 @@ impl SecretIndex {
     pub fn apply(&self, event: &watcher::Event<AssumedRole>) {
         match event {
             watcher::Event::Apply(ar) => self.live.write().unwrap_or_else(|e| e.into_inner()).file(ar),
-            watcher::Event::Delete(ar) => self
-                .live
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .unfile(&ObjectRef::from_obj(ar)),
+            watcher::Event::Delete(ar) => self.live.write().unwrap_or_else(|e| e.into_inner()).unfile(ar),
             watcher::Event::Init => *self.relist.write().unwrap_or_else(|e| e.into_inner()) = Some(Maps::default()),
             watcher::Event::InitApply(ar) => {
                 if let Some(maps) = self.relist.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -128,28 +163,27 @@ impl SecretIndex {
     pub fn interested(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<AssumedRole>> {
         let ns = secret.namespace().unwrap_or_default();
         let maps = self.live.read().unwrap_or_else(|e| e.into_inner());
-        let mut found: HashSet<ObjectRef<AssumedRole>> = maps
-            .by_secret
-            .get(&(ns.clone(), secret.name_any()))
-            .cloned()
-            .unwrap_or_default();
+        let names = maps.namespaces.get(ns.as_str());
+        let named = |map: fn(&Names) -> &HashMap<Name, Vec<Name>>, key: &str| {
+            names.and_then(|n| map(n).get(key)).into_iter().flatten().map(|n| &**n)
+        };
+        let mut found: HashSet<&str> = named(|n| &n.by_secret, &secret.name_any()).collect();
         if let Some(owner) = secret
             .owner_references()
             .iter()
             .find(|o| o.controller == Some(true) && o.kind == "AssumedRole")
         {
-            found.insert(ObjectRef::new(&owner.name).within(&ns));
-            if let Some(chained) = maps.by_source_role.get(&(ns.clone(), owner.name.clone())) {
-                found.extend(chained.iter().cloned());
-            }
+            found.insert(&owner.name);
+            found.extend(named(|n| &n.by_source_role, &owner.name));
         }
-        found.into_iter().collect()
+        found.into_iter().map(|name| ObjectRef::new(name).within(&ns)).collect()
     }
 
     /// How many AssumedRoles are filed (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.live.read().unwrap_or_else(|e| e.into_inner()).filed.len()
+        let maps = self.live.read().unwrap_or_else(|e| e.into_inner());
+        maps.namespaces.values().map(|n| n.filed.len()).sum()
     }
 }
 

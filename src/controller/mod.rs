@@ -418,13 +418,12 @@ pub async fn run(
                     .any_semantic(),
             )
             .default_backoff()
-            .modify(|s| {
-                s.metadata.managed_fields = None;
-                s.metadata.annotations = None;
-                s.metadata.labels = None;
-            })
-            .touched_objects()
-            .predicate_filter(predicates::resource_version, Default::default());
+            // No predicate filter: its cache would keep an entry for every
+            // Secret of the cluster, and the index already drops the events
+            // of Secrets no AssumedRole names. A relist (rare: the watch
+            // resumes from its last resourceVersion) wakes only those that
+            // do, and their reconcile changes nothing.
+            .touched_objects();
             let ctx = ctx.clone();
             let token = shutdown.clone();
             let (wanting, reading) = (index.clone(), index);
