@@ -160,6 +160,21 @@ up() {
   wait_for 30 etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
   log "starting kube-apiserver on 127.0.0.1:$API_PORT"
+  # An audit log of the writes and Secret reads the tests count per
+  # namespace (one status patch per mint, no Secret read after a restart):
+  # the API server's own record, not the operator's.
+  cat >"$STATE/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [get, create, update, patch, delete]
+    resources:
+      - {group: "", resources: [secrets]}
+      - {group: sts.refresh.dev, resources: [assumedroles/status]}
+  - level: None
+POLICY
   local p=$STATE/pki
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
@@ -171,7 +186,9 @@ up() {
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
     --service-cluster-ip-range 10.96.0.0/24 --cert-dir "$STATE/apiserver" --profiling=false \
     --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority "$p/ca.crt" --enable-aggregator-routing
+    --kubelet-certificate-authority "$p/ca.crt" --enable-aggregator-routing \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/logs/audit.log" \
+    --audit-log-format json --audit-log-mode blocking
   wait_for 90 kube-apiserver curl -sf --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
     "https://127.0.0.1:$API_PORT/readyz"
 

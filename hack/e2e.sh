@@ -20,6 +20,7 @@ cleanup() {
   hack/cluster.sh down "$NODE_STATE" || true
   if ((rc != 0)) && [[ -d $STATE/logs ]]; then
     for log in "$STATE"/logs/*.log "$NODE_STATE"/logs/*.log; do
+      [[ $log == */audit.log ]] && continue
       echo "--- last lines of ${log#"$STATE"/}" >&2
       tail -n 15 "$log" >&2 || true
     done

@@ -334,13 +334,23 @@ pub fn observe(ar: &AssumedRole, secret: Option<&Secret>, hmac_key: &[u8]) -> Ob
         return Observed::Missing;
     };
     let uid = ar.meta().uid.as_deref();
-    let controlled = secret
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "AssumedRole");
-    if !controlled {
+    if uid.is_none() || controller_uid(secret) != uid {
         return Observed::Foreign;
     }
+    observe_owned(secret, hmac_key)
+}
+
+/// The UID of the AssumedRole that controls `secret`, if one does.
+pub fn controller_uid(secret: &Secret) -> Option<&str> {
+    secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "AssumedRole")
+        .map(|o| o.uid.as_str())
+}
+
+/// Reads a Secret that an AssumedRole controls.
+pub fn observe_owned(secret: &Secret, hmac_key: &[u8]) -> Observed {
     let annotations = secret.annotations();
     let time = |key: &str| annotations.get(key).and_then(|v| v.parse::<Timestamp>().ok());
     let empty = BTreeMap::new();

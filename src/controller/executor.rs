@@ -64,9 +64,6 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
         };
         match plan::decide(&facts) {
             Plan::ReadSecret => {
-                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
-                let answer = bounded(api.get_opt(&target.secret_name)).await;
-                ctx.api_answered(!matches!(&answer, Err(e) if unreachable(e)));
                 // Static keys of `spec.source.secretRef` are part of what the
                 // credentials were minted from: new keys mean new credentials.
                 if ar.spec.source.secret_ref.is_some() {
@@ -77,6 +74,18 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                         _ => None,
                     });
                 }
+                // The Secret as the owned-Secret watch delivered it, when it
+                // agrees with what this process holds: no GET.
+                if let Some(seen) = ctx
+                    .seen_secret(&target.namespace, &target.uid, &target.secret_name)
+                    .await
+                {
+                    view = Some(seen);
+                    continue;
+                }
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
+                let answer = bounded(api.get_opt(&target.secret_name)).await;
+                ctx.api_answered(!matches!(&answer, Err(e) if unreachable(e)));
                 match answer {
                     Ok(secret) => view = Some(SecretView::of(ar, secret.as_ref(), &ctx.hmac_key)),
                     Err(source) => {

@@ -8,10 +8,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
-    api::PartialObjectMeta,
     runtime::{reflector::ObjectRef, watcher},
 };
 
@@ -160,7 +158,7 @@ impl SecretIndex {
     /// every AssumedRole in its namespace that wants a Secret of its name or
     /// reads static keys from it, and, for an owned Secret, every
     /// AssumedRole that assumes from its owner's credentials.
-    pub fn interested(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<AssumedRole>> {
+    pub fn interested(&self, secret: &impl ResourceExt) -> Vec<ObjectRef<AssumedRole>> {
         let ns = secret.namespace().unwrap_or_default();
         let maps = self.live.read().unwrap_or_else(|e| e.into_inner());
         let names = maps.namespaces.get(ns.as_str());
@@ -189,8 +187,8 @@ impl SecretIndex {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use kube::api::ObjectMeta;
+    use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
+    use kube::api::{ObjectMeta, PartialObjectMeta};
 
     use super::*;
 

@@ -84,7 +84,9 @@ pub struct Context {
     roles: Mutex<Vec<reflector::Store<AssumedRole>>>,
     /// The caches of owned Secrets' metadata, one per watched scope, filled
     /// by [`run`].
-    owned_secrets: Mutex<Vec<reflector::Store<PartialObjectMeta<Secret>>>>,
+    owned_secrets: Mutex<Vec<reflector::Store<Secret>>>,
+    /// Whether each owned-Secret watch has delivered its first list.
+    owned_synced: Mutex<Vec<tokio::sync::watch::Receiver<bool>>>,
     /// When the API server last answered a watch or a call (Unix
     /// milliseconds; 0 for never).
     api_seen: std::sync::atomic::AtomicI64,
@@ -150,6 +152,7 @@ impl Context {
             )),
             roles: Mutex::default(),
             owned_secrets: Mutex::default(),
+            owned_synced: Mutex::default(),
             api_seen: std::sync::atomic::AtomicI64::new(0),
             api_down: std::sync::atomic::AtomicBool::new(false),
             sts_seen: std::sync::atomic::AtomicI64::new(0),
@@ -213,6 +216,59 @@ impl Context {
         stores
             .iter()
             .find_map(|store| store.get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// Follows one event of the owned-Secret watch into [`Memory`].
+    fn saw(&self, event: &watcher::Event<Secret>) {
+        match event {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                let Some(uid) = secret::controller_uid(s) else { return };
+                let Some(version) = s.metadata.resource_version.clone() else {
+                    return;
+                };
+                let observed = secret::observe_owned(s, &self.hmac_key);
+                let credentials = match &observed {
+                    secret::Observed::Owned(o) if o.intact => secret::credentials_from(s),
+                    _ => None,
+                };
+                let seen = crate::memory::Seen {
+                    name: s.name_any(),
+                    version,
+                    view: crate::plan::SecretView { observed, credentials },
+                };
+                self.memory.saw(uid, seen);
+            }
+            watcher::Event::Delete(s) => {
+                if let Some(uid) = secret::controller_uid(s) {
+                    self.memory.unsaw(uid, &s.name_any());
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
+    /// The Secret `name` of `namespace` that `uid` controls, as the watch
+    /// delivered it, when the cache still holds that version and it agrees
+    /// with what this process holds.
+    /// Waits (for at most [`OWNED_SYNC_WAIT`]) until every owned-Secret
+    /// watch has delivered its first list: a reconcile that starts before
+    /// (right after a start) would otherwise read each Secret anew.
+    async fn seen_secret(&self, namespace: &str, uid: &str, name: &str) -> Option<crate::plan::SecretView> {
+        let synced: Vec<_> = self.owned_synced.lock().ok()?.clone();
+        for mut synced in synced {
+            tokio::time::timeout(OWNED_SYNC_WAIT, synced.wait_for(|s| *s))
+                .await
+                .ok()?
+                .ok()?;
+        }
+        let version = {
+            let stores = self.owned_secrets.lock().ok()?;
+            let cached = stores
+                .iter()
+                .find_map(|store| store.get(&ObjectRef::new(name).within(namespace)))?;
+            cached.metadata.resource_version.clone()?
+        };
+        self.memory.seen(uid, name, &version)
     }
 
     /// The Secrets in `namespace` that the AssumedRole `uid` controls,
@@ -335,7 +391,7 @@ pub async fn run(
     let mut loops: Vec<BoxFuture<'static, ()>> = scopes
         .into_iter()
         .map(|ns| {
-            let (roles, secrets): (Api<AssumedRole>, Api<PartialObjectMeta<Secret>>) = match &ns {
+            let (roles, secrets): (Api<AssumedRole>, Api<Secret>) = match &ns {
                 Some(ns) => (
                     Api::namespaced(ctx.client.clone(), ns),
                     Api::namespaced(ctx.client.clone(), ns),
@@ -373,24 +429,37 @@ pub async fn run(
                 .inspect(move |event| grants::synced_on(event, &roles_synced))
                 .applied_objects()
                 .predicate_filter(predicates::generation, Default::default());
-            // Owned Secrets are watched and cached as metadata only, so their
-            // payloads never enter the cache.
+            // Owned Secrets are watched whole, so that a reconcile need not
+            // read its Secret again (nor a restart every Secret): each is
+            // read with the HMAC key as it arrives and remembered as what it
+            // holds, and only its metadata enters the cache.
             let (secret_reader, secret_writer) = reflector::store();
             let (secrets_synced, synced) = tokio::sync::watch::channel(false);
+            if let Ok(mut owned) = ctx.owned_synced.lock() {
+                owned.push(synced.clone());
+            }
             secret_ready.push(synced);
             if let Ok(mut owned) = ctx.owned_secrets.lock() {
                 owned.push(secret_reader);
             }
+            let sightings = ctx.clone();
             let owned = watcher(
                 secrets,
                 watcher::Config::default().labels(secret::SELECTOR).any_semantic(),
             )
             .default_backoff()
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    sightings.saw(event);
+                }
+            })
             // The cache needs names, UIDs, owners and whether the Secret
             // holds credentials (an empty expiration annotation stands for
             // it): what else the metadata holds would grow memory with every
             // Secret.
             .modify(|s| {
+                s.data = None;
+                s.string_data = None;
                 s.metadata.managed_fields = None;
                 s.metadata.labels = None;
                 s.metadata.annotations = s
@@ -533,6 +602,10 @@ pub async fn run(
     }
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// How long a reconcile waits for the owned-Secret watch's first list before
+/// it reads its Secret itself.
+const OWNED_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the reconciles in flight may take to finish after a shutdown
 /// begins: less than the chart's `terminationGracePeriodSeconds` (30 s).

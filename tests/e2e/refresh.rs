@@ -2,7 +2,7 @@
 //! that shape the credentials and spec changes that only shape the Secret,
 //! and refresh settings that have to be adjusted.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use assumed_role_operator::api::AssumedRole;
 use k8s_openapi::api::core::v1::Secret;
@@ -10,30 +10,57 @@ use kube::{Api, ResourceExt};
 
 use crate::support::*;
 
+/// The Secret's resourceVersion, read with kubectl (so that the audit log
+/// counts only the operator's reads).
+fn version_of(ns: &str, name: &str) -> String {
+    let out = kubectl(
+        &[
+            "get",
+            "secret",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "kubectl get secret {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
-async fn restarted_operator_makes_no_sts_call_for_valid_secrets() {
+async fn a_mint_writes_once_and_a_restart_makes_no_sts_call_and_reads_no_secret() {
     const ROLES: usize = 5;
     let client = client().await;
     let ns = TestNamespace::create(&client, "restart").await;
     let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let mut first = Operator::start(&ns.name, &[], &[]);
+    first.wait_ready().await;
     for i in 0..ROLES {
         apply(&assumed_role(&ns.name, &format!("reader-{i}"), ""));
     }
     let mut versions = Vec::new();
     for i in 0..ROLES {
         wait_ready(&roles, &format!("reader-{i}"), "True", "CredentialsReady").await;
-        versions.push(
-            secrets
-                .get(&format!("reader-{i}"))
-                .await
-                .expect("Secret")
-                .resource_version(),
-        );
+        versions.push(version_of(&ns.name, &format!("reader-{i}")));
     }
     assert_eq!(first.sts_calls().await, ROLES as u64);
+    // Each mint: one Secret write and one status write, and at most one
+    // Secret read (that no Secret of its name is in the way); the watch
+    // delivers the rest.
+    let minted = audited(&ns.name, "reader-");
+    eprintln!("{ROLES} mints, the API server's record: {minted:?}");
+    assert_eq!(minted.get("patch secrets"), Some(&ROLES), "{minted:?}");
+    assert_eq!(minted.get("patch assumedroles/status"), Some(&ROLES), "{minted:?}");
+    assert!(minted.get("get secrets").is_none_or(|n| *n <= ROLES), "{minted:?}");
+    let writes = |counts: &BTreeMap<String, usize>| counts.iter().filter(|(k, _)| !k.starts_with("get ")).count();
+    assert_eq!(writes(&minted), 2, "only Secret and status patches: {minted:?}");
     first.stop();
 
     let second = Operator::start(&ns.name, &[], &[]);
@@ -53,14 +80,19 @@ async fn restarted_operator_makes_no_sts_call_for_valid_secrets() {
     )
     .await;
     let calls = second.sts_calls().await;
-    eprintln!("restart: {ROLES} AssumedRoles, {calls} STS calls after the restart");
+    let restarted = audited(&ns.name, "reader-");
+    eprintln!(
+        "restart: {ROLES} AssumedRoles, {calls} STS calls after the restart; the API server's record: {restarted:?}"
+    );
     assert_eq!(calls, 0, "the restarted operator called STS for valid Secrets");
+    // The watch's first list delivered every Secret: not one was read or
+    // written again.
+    assert_eq!(
+        restarted, minted,
+        "the restarted operator read or wrote in the namespace"
+    );
     for (i, version) in versions.iter().enumerate() {
-        let now = secrets
-            .get(&format!("reader-{i}"))
-            .await
-            .expect("Secret")
-            .resource_version();
+        let now = version_of(&ns.name, &format!("reader-{i}"));
         assert_eq!(&now, version, "Secret reader-{i} was rewritten after the restart");
     }
 }

@@ -986,3 +986,34 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// The API server's own record (its audit log: Secret reads and writes,
+/// AssumedRole status writes) of the requests for objects of `ns` whose
+/// names start with `prefix`, not made by kubectl, counted as
+/// `"VERB resource[/subresource]"`. Tests that count read what they check
+/// with kubectl, so that only the operator's requests count.
+pub fn audited(ns: &str, prefix: &str) -> BTreeMap<String, usize> {
+    let state = std::env::var("ARO_STATE").expect("ARO_STATE");
+    let log = std::fs::read_to_string(Path::new(&state).join("logs/audit.log")).expect("the audit log");
+    let mut counts = BTreeMap::new();
+    for entry in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let object = &entry["objectRef"];
+        if object["namespace"] != ns
+            || !object["name"].as_str().is_some_and(|n| n.starts_with(prefix))
+            || entry["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl/"))
+        {
+            continue;
+        }
+        let mut resource = object["resource"].as_str().unwrap_or_default().to_string();
+        if let Some(sub) = object["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        *counts
+            .entry(format!("{} {resource}", entry["verb"].as_str().unwrap_or_default()))
+            .or_default() += 1;
+    }
+    counts
+}
