@@ -112,7 +112,47 @@ pub fn spec_hash(request: &AssumeRoleRequest) -> String {
     if let Some(source) = &request.source {
         canonical["source"] = json!(source);
     }
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    hash(&canonical)
+}
+
+/// SHA-256 of `value` written as JSON with the keys of every object in
+/// order. The hashes are kept in Secrets and compared by the next process:
+/// they must not depend on how this build's JSON maps order their keys
+/// (serde_json's `preserve_order` feature, which another crate can turn on,
+/// keeps the order of insertion instead).
+fn hash(value: &serde_json::Value) -> String {
+    fn write(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::from(key.as_str()).to_string());
+                    out.push(':');
+                    write(&map[key], out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    write(value, &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Hash of the spec fields that shape the Secret around the credentials. A
@@ -125,7 +165,7 @@ pub fn layout_hash(ar: &AssumedRole) -> String {
         "mountPath": ar.spec.mount_path(),
         "profile": ar.spec.profile(),
     });
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    hash(&canonical)
 }
 
 /// Keyed hash of what the operator wrote and reads back: the
@@ -395,6 +435,27 @@ mod tests {
         ar.metadata.namespace = Some("billing".into());
         ar.metadata.uid = Some("uid-1".into());
         ar
+    }
+
+    /// The hashes are kept in Secrets and compared by the next process,
+    /// which may be another build: pinned to the JSON with keys in order,
+    /// whatever this build's JSON maps do with the order of insertion (the
+    /// tests are built with serde_json's `preserve_order`, the release
+    /// without).
+    #[test]
+    fn the_spec_and_layout_hashes_do_not_depend_on_the_build() {
+        let ar = resource(
+            json!({"roleArn": "arn:aws:iam::123456789012:role/r", "tags": {"team": "a", "env": "b"},
+            "secret": {"labels": {"z": "1", "a": "2"}}}),
+        );
+        assert_eq!(
+            spec_hash(&AssumeRoleRequest::for_resource(&ar)),
+            "fb461e528d7fc5993c3b6f010444eb48118b8fc8ef7e31dd809dc894b9ba87d8"
+        );
+        assert_eq!(
+            layout_hash(&ar),
+            "6cd04b720dd2ee1140e3c3aeb493159d17a430d43173247479d6f33aab51eaf5"
+        );
     }
 
     fn creds() -> Credentials {
