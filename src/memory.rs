@@ -16,7 +16,9 @@ use crate::{
 
 #[derive(Default)]
 struct Entry {
-    held: Option<Held>,
+    /// Boxed: most of an entry's size, and the map holds room for more
+    /// entries than it has.
+    held: Option<Box<Held>>,
     failures: Option<Remembered>,
     written: Option<Written>,
     /// Usually one: more only while a rename leaves Secrets behind.
@@ -66,7 +68,7 @@ impl Memory {
 
     /// The credentials held for `uid`.
     pub fn held(&self, uid: &str) -> Option<Held> {
-        self.with(uid, |e| e.held.clone()).flatten()
+        self.with(uid, |e| e.held.as_deref().cloned()).flatten()
     }
 
     /// Holds `held` for `uid`.
@@ -77,7 +79,7 @@ impl Memory {
                     seen.view.credentials = None;
                 }
             }
-            e.held = Some(held);
+            e.held = Some(Box::new(held));
         });
     }
 

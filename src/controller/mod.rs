@@ -422,9 +422,16 @@ pub async fn run(
                         filing.apply(event);
                     }
                 })
-                // Who wrote which field is the API server's business: kept
-                // in the cache it would cost memory with every AssumedRole.
-                .modify(|ar| ar.metadata.managed_fields = None)
+                // Who wrote which field is the API server's business, and the
+                // labels and annotations (`kubectl apply` leaves a copy of the
+                // whole object in one) are the user's: nothing here reads
+                // them, and kept in the cache they would cost memory with
+                // every AssumedRole.
+                .modify(|ar| {
+                    ar.metadata.managed_fields = None;
+                    ar.metadata.annotations = None;
+                    ar.metadata.labels = None;
+                })
                 .reflect(writer)
                 .inspect(move |event| grants::synced_on(event, &roles_synced))
                 .applied_objects()
@@ -471,8 +478,10 @@ pub async fn run(
             })
             .reflect(secret_writer)
             .inspect(move |event| grants::synced_on(event, &secrets_synced))
-            .touched_objects()
-            .predicate_filter(predicates::resource_version, Default::default());
+            // No predicate filter (its cache would cost an entry per
+            // Secret): a relist, which is rare, wakes every owner once, and
+            // each reconcile finds its Secret as remembered, with no call.
+            .touched_objects();
             // Every other Secret, as metadata and without a cache: a change to
             // one that `spec.source.secretRef` names (new keys) is acted on at
             // once. The operator's own come through the watch above.
