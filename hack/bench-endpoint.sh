@@ -10,7 +10,10 @@ REQUESTS="${REQUESTS:-5000}"
 DIR="$(mktemp -d "${TMPDIR:-/tmp}/aro-endpoint.XXXXXX")"
 PID=""
 cleanup() {
-  [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  if [[ -n $PID ]]; then
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+  fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT

@@ -13,6 +13,10 @@
   bench.py ready N                     reads `NAMESPACE/NAME STATUS` lines of a
                                        watch on stdin; exits once N distinct
                                        AssumedRoles are Ready
+  bench.py wave EXPIRES SINCE          the refresh wave, from the STS stand-in's
+                                       report on stdin: the AssumeRole calls
+                                       after SINCE (epoch seconds), for
+                                       credentials that all expire at EXPIRES
 """
 import base64
 import json
@@ -106,6 +110,27 @@ def ready(n):
             return
 
 
+FLOOR_SECONDS = 300  # schedule::FLOOR: a refresh is due at the latest this long before expiry
+
+
+def wave(expires, since):
+    calls = [c["at"] for c in json.load(sys.stdin)["sessions"] if c["action"] == "AssumeRole" and c["at"] > since]
+    floor = expires - FLOOR_SECONDS
+    # A refresh runs in the second it is due: one at the floor is on time.
+    late = [t for t in calls if t > floor + 1]
+    json.dump(
+        {
+            "calls": len(calls),
+            "first_before_floor_s": round(floor - min(calls), 1) if calls else None,
+            "ms": round((max(calls) - min(calls)) * 1000) if calls else None,
+            "passed_floor": len(late),
+            "late_s": round(max(late) - floor, 1) if late else 0,
+            "expired": sum(1 for t in calls if t > expires),
+        },
+        sys.stdout,
+    )
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "others":
@@ -118,5 +143,7 @@ if __name__ == "__main__":
         proc(args[0])
     elif cmd == "ready":
         ready(int(args[0]))
+    elif cmd == "wave":
+        wave(float(args[0]), float(args[1]))
     else:
         sys.exit(__doc__)

@@ -25,7 +25,10 @@ returns the counts; keys appear only as short SHA-256 fingerprints. GET
 with Throttling, as STS does when an account's rate is exceeded;
 /_standin/down?seconds=N with 503 ServiceUnavailable; /_standin/slow?seconds=N&delay=S
 makes each AssumeRole of the next N seconds take S seconds (the report's
-`inflight` counts those being answered).
+`inflight` counts those being answered); /_standin/expire_at?at=EPOCH gives
+every AssumeRole answer that expiration while it is in the future (0 stops
+it), so that all the credentials minted meanwhile fall due together, as in a
+refresh wave.
 """
 
 import datetime
@@ -56,6 +59,7 @@ THROTTLE_UNTIL = [0.0]  # while now < this, every AssumeRole is answered Throttl
 DOWN_UNTIL = [0.0]  # while now < this, every AssumeRole is answered 503
 SLOW = [0.0, 0.0]  # [until, seconds]: while now < until, each AssumeRole waits that long
 INFLIGHT = [0]  # AssumeRole calls being answered
+EXPIRE_AT = [0]  # while in the future, the expiration of every AssumeRole answer
 SESSIONS = []  # {action, role, session, tags, duration, signer, token} of each AssumeRole*, as asked
 
 
@@ -97,6 +101,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with LOCK:
                 SLOW[0] = time.time() + float(query["seconds"][0])
                 SLOW[1] = float(query["delay"][0])
+            self.reply(200, "", "text/plain")
+            return
+        if self.path.startswith("/_standin/expire_at?at="):
+            with LOCK:
+                EXPIRE_AT[0] = int(self.path.split("=", 1)[1])
             self.reply(200, "", "text/plain")
             return
         if self.path != "/_standin/report":
@@ -211,6 +220,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         key = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", text)
         if status == 200 and key:
             expires = int(time.time()) + LIFETIME
+            with LOCK:
+                if EXPIRE_AT[0] > time.time():
+                    expires = EXPIRE_AT[0]
             text = re.sub(r"<Expiration>[^<]+</Expiration>", f"<Expiration>{rfc3339(expires)}</Expiration>", text)
             with LOCK:
                 ASSUME_ROLE[0] += 1
