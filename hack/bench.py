@@ -120,6 +120,7 @@ def wave(expires, since):
     late = [t for t in calls if t > floor + 1]
     json.dump(
         {
+            "first": min(calls) if calls else None,
             "calls": len(calls),
             "first_before_floor_s": round(floor - min(calls), 1) if calls else None,
             "ms": round((max(calls) - min(calls)) * 1000) if calls else None,

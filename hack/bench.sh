@@ -18,7 +18,8 @@
 #      moment (the STS stand-in in front of moto answers so), so that all
 #      fall due within the same minute: time to refresh all, how many were
 #      refreshed later than the floor (5 minutes before expiry), how many
-#      expired;
+#      expired; the wave must begin after the burst and the restart end
+#      (BENCH_WAVE_LEAD), or the bench fails saying so;
 #   4. BENCH_STEADY seconds (default 300) of steady state: CPU and memory.
 # The operator runs with the chart's client limits unless BENCH_STS_RATE
 # (STS calls per second, default 10), BENCH_STS_BURST (20), BENCH_API_QPS
@@ -59,9 +60,12 @@ py() { python3 "$ROOT/hack/bench.py" "$@"; }
 now_ms() { date +%s%3N; }
 
 cargo build --release --locked --quiet
-cargo bench --locked --quiet --bench floor --no-run 2>/dev/null
-BIN="${CARGO_TARGET_DIR:-target}/release/assumed-role-operator"
 hack/cluster.sh up "$STATE" 2>/dev/null
+# A copy: building the floor builds the binary again, with the features the
+# test dependencies turn on, over the release build.
+BIN="$STATE/assumed-role-operator"
+cp "${CARGO_TARGET_DIR:-target}/release/assumed-role-operator" "$BIN"
+cargo bench --locked --quiet --bench floor --no-run 2>/dev/null
 # shellcheck disable=SC1091
 source "$STATE/env"
 # The STS stand-in in front of moto: credentials of an hour, unless told to
@@ -147,8 +151,12 @@ py proc "$PID" >"$STATE/idle.proc"
 requests before
 # The credentials of the burst all expire at EXPIRES, late enough that the
 # burst and the restart are over when they fall due: the wave of step 3.
-lead=$(python3 -c "print(int(30 + 1.5 * $N / min(${BENCH_STS_RATE:-10}, 80)))")
-EXPIRES=$(($(date +%s) + 300 + lead))
+# The stand-in never grants less than 7 minutes, so the last mint of the
+# burst must come BENCH_WAVE_LEAD seconds at most after its start: by default
+# time for 50 mints a second (or the STS rate, if lower), more than twice
+# over. The wave then begins 2 minutes (less the jitter) after that.
+lead=${BENCH_WAVE_LEAD:-$(python3 -c "print(int(2.5 * $N / min(${BENCH_STS_RATE:-10}, 50)))")}
+EXPIRES=$(($(date +%s) + 420 + lead))
 standin "expire_at?at=$EXPIRES" >/dev/null
 # A watch of every AssumedRole's Ready condition, from a kubectl of its own.
 mkfifo "$STATE/ready.fifo"
@@ -193,6 +201,13 @@ until (($(sts_calls) - restart_calls >= N)); do
   sleep 1
 done
 standin report | py wave "$EXPIRES" "$(python3 -c "print($t1 / 1000)")" >"$STATE/wave-sts.json"
+# The burst and the restart made no call of the wave: it began after both.
+python3 - "$STATE/wave-sts.json" "$t3" "$calls" "$N" <<'PY' ||
+import json, sys
+wave, restart_end, burst_calls, n = json.load(open(sys.argv[1])), int(sys.argv[2]) / 1000, int(sys.argv[3]), int(sys.argv[4])
+sys.exit(0 if wave["first"] and wave["first"] > restart_end and burst_calls <= n else 1)
+PY
+  { log "the refresh wave began before the burst and the restart were over: raise BENCH_WAVE_LEAD (it was $lead s)"; exit 1; }
 py proc "$PID" >"$STATE/wave.proc"
 requests wave
 log "wave: $(cat "$STATE/wave-sts.json"); steady state for $STEADY s"

@@ -26,9 +26,9 @@ with Throttling, as STS does when an account's rate is exceeded;
 /_standin/down?seconds=N with 503 ServiceUnavailable; /_standin/slow?seconds=N&delay=S
 makes each AssumeRole of the next N seconds take S seconds (the report's
 `inflight` counts those being answered); /_standin/expire_at?at=EPOCH gives
-every AssumeRole answer that expiration while it is in the future (0 stops
-it), so that all the credentials minted meanwhile fall due together, as in a
-refresh wave.
+every AssumeRole answer that expiration (but at least 7 minutes) while it is
+in the future (0 stops it), so that all the credentials minted meanwhile fall
+due together, as in a refresh wave.
 """
 
 import datetime
@@ -221,8 +221,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status == 200 and key:
             expires = int(time.time()) + LIFETIME
             with LOCK:
+                # Never closer than the operator's floor and two minutes:
+                # credentials due the moment they are issued would be asked
+                # for again and again.
                 if EXPIRE_AT[0] > time.time():
-                    expires = EXPIRE_AT[0]
+                    expires = max(EXPIRE_AT[0], int(time.time()) + 420)
             text = re.sub(r"<Expiration>[^<]+</Expiration>", f"<Expiration>{rfc3339(expires)}</Expiration>", text)
             with LOCK:
                 ASSUME_ROLE[0] += 1
