@@ -456,6 +456,17 @@ async fn write_and_report(
         publish(ctx, ar, EventType::Normal, *reason, note).await;
     }
     let reason = written.map_or(Reason::CredentialsReady, |(r, _)| r);
+    // Nothing written this time, and the cache still shows the version that
+    // this process's last status write went over, for these very
+    // credentials: that write stands (the watch brings it). Writing again
+    // could only move its transition times to this second.
+    let lagging = reason == Reason::CredentialsReady
+        && ctx.memory.written(&target.uid).is_some_and(|w| {
+            Some(&w.over) == ar.metadata.resource_version.as_ref() && w.expires == Some(held.creds.expiration)
+        });
+    if lagging {
+        return (requeue_at(refresh.at, now), reason);
+    }
     if let Err(error) = patch_status(ar, ctx, target, &old, new).await {
         // The Secret is right; only the status lags. Retry after a backoff.
         return failed(
@@ -692,6 +703,7 @@ async fn patch_status(
     let written = crate::memory::Written {
         over: ar.metadata.resource_version.clone().unwrap_or_default(),
         status: status_hash(&status),
+        expires: status.expiration_time.as_ref().map(|t| t.0),
     };
     if ctx.memory.written(&target.uid).as_ref() == Some(&written) {
         return Ok(());

@@ -87,6 +87,9 @@ pub struct Context {
     owned_secrets: Mutex<Vec<reflector::Store<Secret>>>,
     /// Whether each owned-Secret watch has delivered its first list.
     owned_synced: Mutex<Vec<tokio::sync::watch::Receiver<bool>>>,
+    /// Set while an owned-Secret watch fails (its last event was an error,
+    /// such as a 403 without the RBAC to list Secrets).
+    owned_failing: tokio::sync::watch::Sender<bool>,
     /// When the API server last answered a watch or a call (Unix
     /// milliseconds; 0 for never).
     api_seen: std::sync::atomic::AtomicI64,
@@ -153,6 +156,7 @@ impl Context {
             roles: Mutex::default(),
             owned_secrets: Mutex::default(),
             owned_synced: Mutex::default(),
+            owned_failing: tokio::sync::watch::Sender::new(false),
             api_seen: std::sync::atomic::AtomicI64::new(0),
             api_down: std::sync::atomic::AtomicBool::new(false),
             sts_seen: std::sync::atomic::AtomicI64::new(0),
@@ -250,16 +254,23 @@ impl Context {
     /// The Secret `name` of `namespace` that `uid` controls, as the watch
     /// delivered it, when the cache still holds that version and it agrees
     /// with what this process holds.
-    /// Waits (for at most [`OWNED_SYNC_WAIT`]) until every owned-Secret
-    /// watch has delivered its first list: a reconcile that starts before
-    /// (right after a start) would otherwise read each Secret anew.
+    /// Waits (for at most [`OWNED_SYNC_WAIT`], and not while the watch
+    /// fails) until every owned-Secret watch has delivered its first list: a
+    /// reconcile that starts before (right after a start) would otherwise
+    /// read each Secret anew.
     async fn seen_secret(&self, namespace: &str, uid: &str, name: &str) -> Option<crate::plan::SecretView> {
         let synced: Vec<_> = self.owned_synced.lock().ok()?.clone();
-        for mut synced in synced {
-            tokio::time::timeout(OWNED_SYNC_WAIT, synced.wait_for(|s| *s))
-                .await
-                .ok()?
-                .ok()?;
+        let all_synced = async {
+            for mut synced in synced {
+                let _ = synced.wait_for(|s| *s).await;
+            }
+        };
+        let mut failing = self.owned_failing.subscribe();
+        tokio::select! {
+            biased;
+            () = all_synced => {}
+            _ = failing.wait_for(|f| *f) => return None,
+            () = tokio::time::sleep(OWNED_SYNC_WAIT) => return None,
         }
         let version = {
             let stores = self.owned_secrets.lock().ok()?;
@@ -456,6 +467,7 @@ pub async fn run(
             )
             .default_backoff()
             .inspect(move |event| {
+                sightings.owned_failing.send_replace(event.is_err());
                 if let Ok(event) = event {
                     sightings.saw(event);
                 }
