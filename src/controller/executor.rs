@@ -551,9 +551,14 @@ async fn failed(
     );
     // The same failure as last time, which could not be reported then (the
     // API server is unreachable): don't knock again until something changes.
-    let unreported_before = remembered
-        .as_ref()
-        .is_some_and(|m| m.unreported && m.reason == reason && m.generation == target.generation);
+    // Or any failure to reach the API server after one that could not be
+    // reported: a refresh that failed to write its Secret, then a retry that
+    // failed to read it, are the same outage.
+    let unreported_before = remembered.as_ref().is_some_and(|m| {
+        m.unreported
+            && m.generation == target.generation
+            && (m.reason == reason || (m.reason.is_api_failure() && reason.is_api_failure()))
+    });
     // A status that could not be written is not reported by writing the
     // status again.
     let mut unreported = unreported_before || reason == Reason::PatchStatus;
