@@ -52,8 +52,6 @@ pub struct Written {
     pub over: String,
     /// A hash of the status written.
     pub status: u64,
-    /// The expiration of the credentials that status described, if any.
-    pub expires: Option<jiff::Timestamp>,
 }
 
 /// The memory of one process, keyed by AssumedRole UID.

@@ -456,17 +456,6 @@ async fn write_and_report(
         publish(ctx, ar, EventType::Normal, *reason, note).await;
     }
     let reason = written.map_or(Reason::CredentialsReady, |(r, _)| r);
-    // Nothing written this time, and the cache still shows the version that
-    // this process's last status write went over, for these very
-    // credentials: that write stands (the watch brings it). Writing again
-    // could only move its transition times to this second.
-    let lagging = reason == Reason::CredentialsReady
-        && ctx.memory.written(&target.uid).is_some_and(|w| {
-            Some(&w.over) == ar.metadata.resource_version.as_ref() && w.expires == Some(held.creds.expiration)
-        });
-    if lagging {
-        return (requeue_at(refresh.at, now), reason);
-    }
     if let Err(error) = patch_status(ar, ctx, target, &old, new).await {
         // The Secret is right; only the status lags. Retry after a backoff.
         return failed(
@@ -704,11 +693,11 @@ async fn patch_status(
     }
     // The same status this process wrote over this very version: the write
     // has not reached the cache yet (a reconcile woken by the Secret's own
-    // event comes first). Writing it again would only cost a request.
+    // event comes first). Writing it again would only cost a request, and
+    // move the transition times to this second.
     let written = crate::memory::Written {
         over: ar.metadata.resource_version.clone().unwrap_or_default(),
         status: status_hash(&status),
-        expires: status.expiration_time.as_ref().map(|t| t.0),
     };
     if ctx.memory.written(&target.uid).as_ref() == Some(&written) {
         return Ok(());
@@ -730,11 +719,18 @@ async fn patch_status(
     Ok(())
 }
 
-/// A hash of a status, to tell whether it is the one last written.
+/// A hash of a status, to tell whether it is the one last written. The
+/// conditions' transition times are left out: a reconcile whose cache lacks
+/// the last write computes them anew, at its own second.
 fn status_hash(status: &AssumedRoleStatus) -> u64 {
     use std::hash::{Hash, Hasher};
+    let mut status = status.clone();
+    for condition in &mut status.conditions {
+        condition.last_transition_time =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH);
+    }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(status).unwrap_or_default().hash(&mut hasher);
+    serde_json::to_string(&status).unwrap_or_default().hash(&mut hasher);
     hasher.finish()
 }
 
@@ -745,5 +741,40 @@ async fn publish(ctx: &Context, ar: &AssumedRole, type_: EventType, reason: Reas
         .await
     {
         warn!(error = %crate::api_message(&e), "could not publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+
+    fn status(message: &str, transition: i64) -> AssumedRoleStatus {
+        AssumedRoleStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "CredentialsReady".into(),
+                message: message.into(),
+                last_transition_time: Time(Timestamp::from_second(transition).unwrap()),
+                observed_generation: Some(1),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_status_computed_again_a_second_later_is_the_one_written() {
+        // A reconcile whose cache lacks the mint's status computes the same
+        // status with its own second as the transition time: the same write.
+        assert_eq!(
+            status_hash(&status("Secret a holds credentials", 1_800_000_000)),
+            status_hash(&status("Secret a holds credentials", 1_800_000_001))
+        );
+        assert_ne!(
+            status_hash(&status("Secret a holds credentials", 1_800_000_000)),
+            status_hash(&status("Secret b holds credentials", 1_800_000_000))
+        );
     }
 }

@@ -254,6 +254,7 @@ impl Context {
     /// The Secret `name` of `namespace` that `uid` controls, as the watch
     /// delivered it, when the cache still holds that version and it agrees
     /// with what this process holds.
+    ///
     /// Waits (for at most [`OWNED_SYNC_WAIT`], and not while the watch
     /// fails) until every owned-Secret watch has delivered its first list: a
     /// reconcile that starts before (right after a start) would otherwise
