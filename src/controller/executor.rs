@@ -14,12 +14,12 @@ use k8s_openapi::api::{
 use kube::{
     Api, Resource,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
-    runtime::{controller::Action, events::EventType},
+    runtime::events::EventType,
 };
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::{Context, FIELD_MANAGER, requeue_at};
+use super::{Context, FIELD_MANAGER, Next, requeue_at};
 use crate::{
     Error, Result,
     api::{AssumedRole, AssumedRoleStatus},
@@ -34,7 +34,7 @@ use crate::{
 
 /// Decides, carries the plan out, and reports; returns the requeue and the
 /// reason the reconcile ended with.
-pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Action, Reason) {
+pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, now: Timestamp) -> (Next, Reason) {
     let held = ctx.memory.held(&target.uid);
     let memory = ctx.memory.failures(&target.uid);
     let policies = ctx.grants.policies();
@@ -76,10 +76,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 }
                 // The Secret as the owned-Secret watch delivered it, when it
                 // agrees with what this process holds: no GET.
-                if let Some(seen) = ctx
-                    .seen_secret(&target.namespace, &target.uid, &target.secret_name)
-                    .await
-                {
+                if let Some(seen) = ctx.seen_secret(&target.uid, &target.secret_name).await {
                     view = Some(seen);
                     continue;
                 }
@@ -102,7 +99,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 // AssumedRole: a scan of every owned Secret per reconcile
                 // would grow with the square of their number.
                 stale_holding = Some(
-                    ctx.stale_secrets(&target.namespace, &target.uid, &target.secret_name)
+                    ctx.stale_secrets(&target.uid, &target.secret_name)
                         .into_iter()
                         .filter(|stale| stale.holds_credentials)
                         .map(|stale| stale.name)
@@ -203,7 +200,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 // more: the new leader does.
                 if !*ctx.leading.borrow() {
                     debug!(name = %target.name, "no longer leading; leaving the refresh to the new leader");
-                    return (Action::await_change(), Reason::BackingOff);
+                    return (Next::Change, Reason::BackingOff);
                 }
                 debug!(role = %request.role_arn, session = %request.role_session_name, source = ?signer, "assuming role");
                 let minted_with = match (&ar.spec.source.secret_ref, &signer) {
@@ -268,7 +265,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
         }
     }
     // The last round always has the Secret and the stale ones.
-    (Action::requeue(Duration::from_secs(1)), Reason::GetSecret)
+    (requeue_at(now, now), Reason::GetSecret)
 }
 
 /// The identity that assumes the role, as `spec.source` says: the
@@ -418,7 +415,7 @@ async fn write_and_report(
     serving_if_write_fails: Option<Serving>,
     refreshed_at: Option<Timestamp>,
     now: Timestamp,
-) -> (Action, Reason) {
+) -> (Next, Reason) {
     if let Some((reason, _)) = &written {
         if let Err(error) = apply_secret(ar, ctx, target, &held).await {
             return failed(ar, ctx, target, Failure::from(&error), serving_if_write_fails, now).await;
@@ -508,7 +505,7 @@ async fn failed(
     failure: Failure,
     serving: Option<Serving>,
     now: Timestamp,
-) -> (Action, Reason) {
+) -> (Next, Reason) {
     let reason = failure.reason;
     let old = ar.status.clone().unwrap_or_default();
     let remembered = ctx.memory.failures(&target.uid);
@@ -587,7 +584,7 @@ async fn failed(
         );
     }
     let action = match reason.retry() {
-        Retry::Backoff => retry_at.map_or_else(Action::await_change, |t| requeue_at(t, now)),
+        Retry::Backoff => retry_at.map_or(Next::Change, |t| requeue_at(t, now)),
         // A contested Secret gets new credentials at the next refresh.
         Retry::Never if reason == Reason::SecretContested => ctx
             .memory
@@ -596,8 +593,8 @@ async fn failed(
                 let setting = ar.spec.refresh_before().ok()?;
                 Some(plan::refresh_for(&target.uid, h.issued, h.creds.expiration, setting).at)
             })
-            .map_or_else(Action::await_change, |t| requeue_at(t, now)),
-        _ => Action::await_change(),
+            .map_or(Next::Change, |t| requeue_at(t, now)),
+        _ => Next::Change,
     };
     (action, reason)
 }
@@ -648,7 +645,7 @@ async fn apply_named(ctx: &Context, namespace: &str, name: &str, desired: &Secre
 /// `spec.secret.name` left behind would otherwise keep credentials that are
 /// never refreshed. A failure is logged and retried at the next write.
 async fn remove_stale_secrets(ar: &AssumedRole, ctx: &Context, target: &Target) {
-    let stale = ctx.stale_secrets(&target.namespace, &target.uid, &target.secret_name);
+    let stale = ctx.stale_secrets(&target.uid, &target.secret_name);
     if stale.is_empty() {
         return;
     }

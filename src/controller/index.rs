@@ -65,6 +65,8 @@ struct Maps {
 fn add(map: &mut HashMap<Name, Vec<Name>>, key: &Name, ar: &Name) {
     let list = map.entry(key.clone()).or_default();
     if !list.contains(ar) {
+        // Usually the only one: a first push would make room for four.
+        list.reserve_exact(1);
         list.push(ar.clone());
     }
 }
