@@ -112,7 +112,7 @@ async fn mint(client: &kube::Client, sts: &dyn Sts, budget: &Mutex<Bucket>, ar: 
     let held = Held {
         creds: session.credentials,
         issued,
-        spec_hash: secret::spec_hash(&request),
+        spec_hash: secret::spec_hash(&request).into(),
         assumed_role_arn: session.assumed_role_arn,
         source_identity: session.source_identity,
         secret_name: ar.secret_name(),
@@ -121,7 +121,7 @@ async fn mint(client: &kube::Client, sts: &dyn Sts, budget: &Mutex<Bucket>, ar: 
         source_key: None,
     };
     let owner = ar.controller_owner_ref(&()).ok_or_else(|| anyhow::anyhow!("no uid"))?;
-    let desired = secret::render_secret(ar, owner, &held.creds, issued, &held.spec_hash, None, KEY);
+    let desired = secret::render_secret(ar, owner, &held.creds, issued, &held.spec_hash.to_string(), None, KEY);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     secrets

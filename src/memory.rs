@@ -261,7 +261,7 @@ mod tests {
         Held {
             creds: fixtures::credentials(issued + SignedDuration::from_hours(1)),
             issued,
-            spec_hash: String::new(),
+            spec_hash: "".into(),
             assumed_role_arn: None,
             source_identity: None,
             secret_name: "creds".into(),

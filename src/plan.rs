@@ -66,7 +66,7 @@ pub struct Held {
     /// When they were issued (whole seconds).
     pub issued: Timestamp,
     /// The spec hash they were obtained for.
-    pub spec_hash: String,
+    pub spec_hash: secret::Hash,
     /// ARN of the assumed-role session.
     pub assumed_role_arn: Option<String>,
     /// Source identity of the session.
@@ -81,7 +81,7 @@ pub struct Held {
     pub restores: u32,
     /// The keyed hash of the static keys (`spec.source.secretRef`) they
     /// were minted with.
-    pub source_key: Option<String>,
+    pub source_key: Option<secret::Hash>,
 }
 
 /// Failures this process remembers for one AssumedRole. The status holds the
@@ -412,7 +412,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
                 None,
             );
         }
-        Observed::Owned(owned) if owned.intact && owned.spec_hash.as_deref() == Some(hash.as_str()) => {
+        Observed::Owned(owned) if owned.intact && owned.spec_hash.as_ref().is_some_and(|h| h.is(&hash)) => {
             if let (Some(issued), Some(expires), Some(creds)) =
                 (owned.issued, owned.expiration, view.credentials.clone())
             {
@@ -422,7 +422,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
                 let refresh = refresh_for(&target.uid, issued, expires, setting);
                 // New static keys in the source Secret: mint with them now,
                 // while the credentials in the Secret still serve.
-                let new_keys = source_key.is_some_and(|k| owned.source_key.as_deref() != Some(k));
+                let new_keys = source_key.is_some_and(|k| !owned.source_key.as_ref().is_some_and(|h| h.is(k)));
                 if now < refresh.at && !new_keys {
                     // What this process learned when it minted these
                     // credentials beats the status in the cache, which can
@@ -431,7 +431,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
                     let held = Held {
                         creds,
                         issued,
-                        spec_hash: hash,
+                        spec_hash: hash.into(),
                         assumed_role_arn: previous
                             .map_or_else(|| status.assumed_role_arn.clone(), |p| p.assumed_role_arn.clone()),
                         source_identity: previous
@@ -441,13 +441,16 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
                         restores: previous.filter(|p| &p.secret_name == name).map_or(0, |p| p.restores),
                         source_key: owned.source_key.clone(),
                     };
-                    let rewrite = owned.layout_hash.as_deref() != Some(secret::layout_hash(ar).as_str());
+                    let rewrite = !owned
+                        .layout_hash
+                        .as_ref()
+                        .is_some_and(|h| h.is(&secret::layout_hash(ar)));
                     return Plan::Keep { held, refresh, rewrite };
                 }
             }
         }
         Observed::Owned(_) | Observed::Missing => {
-            if let Some(held) = held.filter(|h| h.spec_hash == hash) {
+            if let Some(held) = held.filter(|h| h.spec_hash.is(&hash)) {
                 let refresh = refresh_for(&target.uid, held.issued, held.creds.expiration, setting);
                 if now < refresh.at {
                     let mut held = held.clone();
@@ -543,7 +546,7 @@ mod tests {
         Held {
             creds: fixtures::credentials(issued + SignedDuration::from_hours(1)),
             issued,
-            spec_hash: secret::spec_hash(&AssumeRoleRequest::for_resource(ar)),
+            spec_hash: secret::spec_hash(&AssumeRoleRequest::for_resource(ar)).into(),
             assumed_role_arn: None,
             source_identity: None,
             secret_name: secret_name.into(),

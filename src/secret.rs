@@ -348,6 +348,50 @@ pub enum Observed {
     Owned(OwnedSecret),
 }
 
+/// A hash the operator keeps in an annotation (64 hex digits), held as its
+/// 32 bytes: the memory keeps two or three per AssumedRole, and as text each
+/// would cost an allocation of 80 bytes. Any other text (an edited
+/// annotation) is kept as it is, and is equal only to the same text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hash {
+    /// 64 hex digits, as their bytes.
+    Bytes([u8; 32]),
+    /// Anything else.
+    Text(Box<str>),
+}
+
+impl Hash {
+    /// Whether this is the hash written as `text`.
+    pub fn is(&self, text: &str) -> bool {
+        *self == Self::from(text)
+    }
+}
+
+impl From<&str> for Hash {
+    fn from(text: &str) -> Self {
+        let mut bytes = [0u8; 32];
+        match hex::decode_to_slice(text, &mut bytes) {
+            Ok(()) if text.bytes().all(|b| !b.is_ascii_uppercase()) => Self::Bytes(bytes),
+            _ => Self::Text(text.into()),
+        }
+    }
+}
+
+impl From<String> for Hash {
+    fn from(text: String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
+impl std::fmt::Display for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(bytes) => f.write_str(&hex::encode(bytes)),
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
 /// State read from a Secret that this AssumedRole controls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedSecret {
@@ -356,15 +400,15 @@ pub struct OwnedSecret {
     /// When they were issued, if the annotation is readable.
     pub issued: Option<Timestamp>,
     /// The spec hash it was written for.
-    pub spec_hash: Option<String>,
+    pub spec_hash: Option<Hash>,
     /// The layout hash it was written for.
-    pub layout_hash: Option<String>,
+    pub layout_hash: Option<Hash>,
     /// Whether the data is exactly what the operator wrote.
     pub intact: bool,
     /// Whether any key of [`CREDENTIAL_KEYS`] is present.
     pub holds_credentials: bool,
     /// The keyed hash of the static keys the credentials were minted with.
-    pub source_key: Option<String>,
+    pub source_key: Option<Hash>,
 }
 
 /// Reads an existing Secret (or its absence) against the AssumedRole that
@@ -403,11 +447,11 @@ pub fn observe_owned(secret: &Secret, hmac_key: &[u8]) -> Observed {
     Observed::Owned(OwnedSecret {
         expiration: time(EXPIRATION_ANNOTATION),
         issued: time(ISSUED_ANNOTATION),
-        spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
-        layout_hash: annotations.get(LAYOUT_HASH_ANNOTATION).cloned(),
+        spec_hash: annotations.get(SPEC_HASH_ANNOTATION).map(|h| Hash::from(h.as_str())),
+        layout_hash: annotations.get(LAYOUT_HASH_ANNOTATION).map(|h| Hash::from(h.as_str())),
         intact,
         holds_credentials: CREDENTIAL_KEYS.iter().any(|k| data.contains_key(*k)),
-        source_key: annotations.get(SOURCE_KEY_ANNOTATION).cloned(),
+        source_key: annotations.get(SOURCE_KEY_ANNOTATION).map(|h| Hash::from(h.as_str())),
     })
 }
 
@@ -442,6 +486,20 @@ mod tests {
     /// whatever this build's JSON maps do with the order of insertion (the
     /// tests are built with serde_json's `preserve_order`, the release
     /// without).
+    #[test]
+    fn a_hash_is_kept_as_its_bytes_and_compares_with_its_text() {
+        let text = spec_hash(&AssumeRoleRequest::for_resource(&AssumedRole::test()));
+        let hash = Hash::from(text.as_str());
+        assert!(matches!(hash, Hash::Bytes(_)));
+        assert!(hash.is(&text));
+        assert_eq!(hash.to_string(), text);
+        assert!(!hash.is(&text.to_uppercase()), "another text");
+        assert!(!hash.is(&text[..62]));
+        let edited = Hash::from("not a hash");
+        assert!(edited.is("not a hash") && !edited.is(&text));
+        assert_eq!(edited.to_string(), "not a hash");
+    }
+
     #[test]
     fn the_spec_and_layout_hashes_do_not_depend_on_the_build() {
         let ar = resource(
@@ -540,7 +598,7 @@ mod tests {
             panic!("not owned")
         };
         assert!(owned.intact);
-        assert_eq!(owned.spec_hash.as_deref(), Some("h"));
+        assert!(owned.spec_hash.as_ref().is_some_and(|h| h.is("h")));
         assert_eq!(owned.expiration, Some(creds().expiration));
     }
 

@@ -244,13 +244,13 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 let held = Held {
                     creds: credentials,
                     issued,
-                    spec_hash,
+                    spec_hash: spec_hash.into(),
                     assumed_role_arn,
                     source_identity,
                     secret_name: target.secret_name.clone(),
                     written: false,
                     restores: 0,
-                    source_key: minted_with,
+                    source_key: minted_with.map(secret::Hash::from),
                 };
                 // Held before the write: if the write fails, the retry
                 // writes this set rather than calling STS again.
@@ -606,8 +606,8 @@ async fn apply_secret(ar: &AssumedRole, ctx: &Context, target: &Target, held: &H
         owner,
         &held.creds,
         held.issued,
-        &held.spec_hash,
-        held.source_key.as_deref(),
+        &held.spec_hash.to_string(),
+        held.source_key.as_ref().map(ToString::to_string).as_deref(),
         &ctx.hmac_key,
     );
     apply(ctx, target, &desired).await
