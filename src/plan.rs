@@ -173,8 +173,8 @@ pub struct Facts<'a> {
     pub source_key: Option<&'a str>,
     /// Secrets this AssumedRole controls under other names than its current
     /// one that still hold credentials (a rename left them behind), from
-    /// the owned-Secret cache: a revocation empties them too. `None` before
-    /// they were looked for.
+    /// what the owned-Secret watch delivered: a revocation empties them
+    /// too. `None` before they were looked for.
     pub stale_holding: Option<&'a [String]>,
     /// The kinds of source this installation may use (`--sources`).
     pub enabled_sources: &'a [SourceKind],

@@ -95,9 +95,8 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                 }
             }
             Plan::FindStale => {
-                // From the owned-Secret cache, and only for a denied
-                // AssumedRole: a scan of every owned Secret per reconcile
-                // would grow with the square of their number.
+                // From what the owned-Secret watch delivered for this
+                // AssumedRole: no call.
                 stale_holding = Some(
                     ctx.stale_secrets(&target.uid, &target.secret_name)
                         .into_iter()
