@@ -112,11 +112,14 @@ pub fn next(
                 refresh_time: Some(Time(refresh.at)),
                 // Served credentials were issued at their last refresh: a
                 // reconcile that reads the status before its own last write
-                // reached the cache must not write it without this.
-                last_refresh_time: refreshed_at
-                    .map(Time)
-                    .or(old.last_refresh_time.clone())
-                    .or(Some(Time(held.issued))),
+                // reached the cache must write the same time, not the
+                // refresh before (that cost a second status write after a
+                // third of the refreshes, and set the time back).
+                last_refresh_time: Some(Time(
+                    refreshed_at
+                        .unwrap_or(held.issued)
+                        .max(old.last_refresh_time.as_ref().map_or(held.issued, |t| t.0)),
+                )),
                 last_failure_time: old.last_failure_time.clone(),
                 consecutive_failures: 0,
                 assumed_role_arn: held.assumed_role_arn.clone(),
@@ -310,6 +313,14 @@ mod tests {
         let kept = next(&AssumedRoleStatus::default(), Some(1), "reader", report, at(5));
         assert_eq!(kept.last_refresh_time, Some(Time(held.issued)));
         assert_eq!(kept.last_refresh_time, ready().last_refresh_time);
+        // Nor the refresh before, when the cache still holds the status that
+        // refresh wrote.
+        let before = AssumedRoleStatus {
+            last_refresh_time: Some(Time(held.issued - jiff::SignedDuration::from_mins(40))),
+            ..ready()
+        };
+        let kept = next(&before, Some(1), "reader", report, at(5));
+        assert_eq!(kept.last_refresh_time, Some(Time(held.issued)));
     }
 
     #[test]
