@@ -19,7 +19,7 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::{Context, FIELD_MANAGER, Next, requeue_at};
+use super::{Context, FIELD_MANAGER, Next};
 use crate::{
     Error, Result,
     api::{AssumedRole, AssumedRoleStatus},
@@ -107,7 +107,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
             }
             Plan::Wait { until } => {
                 debug!(name = %target.name, wait = %until.duration_since(now), "waiting out the backoff");
-                return (requeue_at(until, now), Reason::BackingOff);
+                return (Next::At(until), Reason::BackingOff);
             }
             Plan::Fail { failure, serving } => return failed(ar, ctx, target, failure, serving, now).await,
             Plan::Revoke { failure, secrets } => {
@@ -189,7 +189,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
                         Err(wait) => {
                             ctx.metrics.sts_budget_deferrals.inc();
                             debug!(name = %target.name, wait = ?wait, "refresh put off by the STS budget");
-                            return (requeue_at(now + budget::signed(wait), now), Reason::BackingOff);
+                            return (Next::At(now + budget::signed(wait)), Reason::BackingOff);
                         }
                     }
                 }
@@ -264,7 +264,7 @@ pub(super) async fn execute(ar: &AssumedRole, ctx: &Context, target: &Target, no
         }
     }
     // The last round always has the Secret and the stale ones.
-    (requeue_at(now, now), Reason::GetSecret)
+    (Next::At(now), Reason::GetSecret)
 }
 
 /// The identity that assumes the role, as `spec.source` says: the
@@ -466,7 +466,7 @@ async fn write_and_report(
         )
         .await;
     }
-    (requeue_at(refresh.at, now), reason)
+    (Next::At(refresh.at), reason)
 }
 
 /// How long one call to the API server may take within a reconcile. The API
@@ -583,7 +583,7 @@ async fn failed(
         );
     }
     let action = match reason.retry() {
-        Retry::Backoff => retry_at.map_or(Next::Change, |t| requeue_at(t, now)),
+        Retry::Backoff => retry_at.map_or(Next::Change, Next::At),
         // A contested Secret gets new credentials at the next refresh.
         Retry::Never if reason == Reason::SecretContested => ctx
             .memory
@@ -592,7 +592,7 @@ async fn failed(
                 let setting = ar.spec.refresh_before().ok()?;
                 Some(plan::refresh_for(&target.uid, h.issued, h.creds.expiration, setting).at)
             })
-            .map_or(Next::Change, |t| requeue_at(t, now)),
+            .map_or(Next::Change, Next::At),
         _ => Next::Change,
     };
     (action, reason)

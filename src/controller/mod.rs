@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -343,13 +343,8 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
 enum Next {
     /// Only on a change.
     Change,
-    /// At this time.
+    /// At this time, or in a second if that is sooner.
     At(Timestamp),
-}
-
-/// Runs again at `at`, or in a second if that is sooner.
-fn requeue_at(at: Timestamp, now: Timestamp) -> Next {
-    Next::At(at.max(now + SignedDuration::from_secs(1)))
 }
 
 /// What to do after `reconcile` returned an error, which only an object
