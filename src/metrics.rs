@@ -148,6 +148,10 @@ pub struct Metrics {
     /// 1 while this replica holds the leader Lease (or runs without leader
     /// election), 0 while it stands by.
     pub leader: Gauge,
+    /// The length of the last rendering: the next starts with that much
+    /// room, so that the text (about 370 bytes per AssumedRole) is not
+    /// copied again and again as it grows.
+    rendered: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -223,6 +227,7 @@ impl Default for Metrics {
             sts_duration,
             sts_budget_wait,
             sts_budget_deferrals,
+            rendered: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -230,9 +235,12 @@ impl Default for Metrics {
 impl Metrics {
     /// The metrics in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        use std::sync::atomic::Ordering;
+        let last = self.rendered.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(last + last / 16);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
+        self.rendered.store(out.len(), Ordering::Relaxed);
         out
     }
 

@@ -224,3 +224,71 @@ async fn refresh_settings_that_break_the_rules_are_adjusted_and_reported() {
         left.as_secs()
     );
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn a_refresh_writes_the_secret_once_and_the_status_once() {
+    const ROLES: usize = 4;
+    let logs = tempfile::tempdir().expect("logs dir");
+    // Every set lives 900 s and is refreshed 30 s (less the jitter) after it
+    // is issued: the next refresh comes 30 s after the one counted here.
+    let standin = StandIn::start(900, 0, logs.path());
+    let scene = Scene::start("refresh-writes", &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]).await;
+    let ns = scene.ns.name.clone();
+    for i in 0..ROLES {
+        apply(&assumed_role(
+            &ns,
+            &format!("reader-{i}"),
+            "  durationSeconds: 900\n  refreshBefore: 870s\n",
+        ));
+    }
+    let mut minted_at = Vec::new();
+    for i in 0..ROLES {
+        let ar = wait_ready(&scene.roles, &format!("reader-{i}"), "True", "CredentialsReady").await;
+        minted_at.push(ar.status.and_then(|s| s.last_refresh_time).expect("lastRefreshTime").0);
+    }
+    let minted = audited(&ns, "reader-");
+    for (i, first) in minted_at.iter().enumerate() {
+        wait_for(
+            &scene.roles,
+            &format!("reader-{i}"),
+            Duration::from_secs(90),
+            "a refresh",
+            |ar: Option<&AssumedRole>| {
+                ar.and_then(|a| a.status.as_ref())
+                    .and_then(|s| s.last_refresh_time.as_ref())
+                    .is_some_and(|t| t.0 > *first)
+            },
+        )
+        .await;
+    }
+    let refreshed = audited(&ns, "reader-");
+    let calls = scene.operator.sts_calls().await;
+    eprintln!(
+        "{ROLES} refreshes after {ROLES} mints ({calls} STS calls); the API server's record: {minted:?} then {refreshed:?}"
+    );
+    assert_eq!(calls, 2 * ROLES as u64, "each AssumedRole minted and refreshed once");
+    let delta = |key: &str| refreshed.get(key).copied().unwrap_or(0) - minted.get(key).copied().unwrap_or(0);
+    // The refresh wrote the Secret once and the status once: the events of
+    // its own writes, which come back while the cache may still hold the
+    // status of the mint, caused no second write.
+    assert_eq!(delta("patch secrets"), ROLES, "{minted:?} then {refreshed:?}");
+    assert_eq!(
+        delta("patch assumedroles/status"),
+        ROLES,
+        "{minted:?} then {refreshed:?}"
+    );
+    assert!(delta("get secrets") <= ROLES, "{minted:?} then {refreshed:?}");
+    let writes = |counts: &BTreeMap<String, usize>| {
+        counts
+            .keys()
+            .filter(|k| !k.starts_with("get "))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        writes(&refreshed),
+        writes(&minted),
+        "a refresh made writes of another kind"
+    );
+}

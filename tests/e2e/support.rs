@@ -991,10 +991,18 @@ impl Drop for Proxy {
 /// AssumedRole status writes) of the requests for objects of `ns` whose
 /// names start with `prefix`, not made by kubectl, counted as
 /// `"VERB resource[/subresource]"`. Tests that count read what they check
-/// with kubectl, so that only the operator's requests count.
+/// with kubectl, so that only the operator's requests count. The files the
+/// API server rotated out (at 100 MB) count too.
 pub fn audited(ns: &str, prefix: &str) -> BTreeMap<String, usize> {
     let state = std::env::var("ARO_STATE").expect("ARO_STATE");
-    let log = std::fs::read_to_string(Path::new(&state).join("logs/audit.log")).expect("the audit log");
+    let mut log = String::new();
+    for file in std::fs::read_dir(Path::new(&state).join("logs")).expect("the logs directory") {
+        let path = file.expect("a log file").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("audit") && name.ends_with(".log") {
+            log.push_str(&std::fs::read_to_string(&path).expect("an audit log"));
+        }
+    }
     let mut counts = BTreeMap::new();
     for entry in log
         .lines()
