@@ -230,8 +230,9 @@ async fn refresh_settings_that_break_the_rules_are_adjusted_and_reported() {
 async fn a_refresh_writes_the_secret_once_and_the_status_once() {
     const ROLES: usize = 4;
     let logs = tempfile::tempdir().expect("logs dir");
-    // Every set lives 900 s and is refreshed 30 s (less the jitter) after it
-    // is issued: the next refresh comes 30 s after the one counted here.
+    // Every set lives 900 s and is refreshed 60 s (less a jitter of at most
+    // 6 s) after it is issued: the next refresh comes a minute after the one
+    // counted here.
     let standin = StandIn::start(900, 0, logs.path());
     let scene = Scene::start("refresh-writes", &[], &[("AWS_ENDPOINT_URL_STS", standin.url.as_str())]).await;
     let ns = scene.ns.name.clone();
@@ -239,7 +240,7 @@ async fn a_refresh_writes_the_secret_once_and_the_status_once() {
         apply(&assumed_role(
             &ns,
             &format!("reader-{i}"),
-            "  durationSeconds: 900\n  refreshBefore: 870s\n",
+            "  durationSeconds: 900\n  refreshBefore: 840s\n",
         ));
     }
     let mut minted_at = Vec::new();
@@ -262,8 +263,8 @@ async fn a_refresh_writes_the_secret_once_and_the_status_once() {
         )
         .await;
     }
-    let refreshed = audited(&ns, "reader-");
     let calls = scene.operator.sts_calls().await;
+    let refreshed = audited(&ns, "reader-");
     eprintln!(
         "{ROLES} refreshes after {ROLES} mints ({calls} STS calls); the API server's record: {minted:?} then {refreshed:?}"
     );

@@ -1004,8 +1004,12 @@ pub fn audited(ns: &str, prefix: &str) -> BTreeMap<String, usize> {
         }
     }
     let mut counts = BTreeMap::new();
+    // Only the lines that name the namespace are parsed: the log of a long
+    // run holds hundreds of thousands.
+    let named = format!("\"namespace\":\"{ns}\"");
     for entry in log
         .lines()
+        .filter(|l| l.contains(&named))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
     {
         let object = &entry["objectRef"];
