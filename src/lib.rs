@@ -14,6 +14,7 @@
 //! status and the metrics make of the result.
 
 pub mod admin;
+pub mod allocator;
 pub mod api;
 pub mod api_limit;
 pub mod budget;

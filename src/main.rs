@@ -188,11 +188,14 @@ fn main() -> anyhow::Result<()> {
                 endpoint::serve(args.listen, args.credentials_dir)
             }
         },
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")?
-            .block_on(run(args)),
+        Command::Run(args) => {
+            assumed_role_operator::allocator::tune();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(run(args))
+        }
     }
 }
 
@@ -268,6 +271,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !controller::wait_for_crd(&ctx.client, &settings.namespaces, &shutdown).await {
         return stop(admin_server, false).await;
     }
+    // What a burst of reconciles freed goes back to the system once it is
+    // over: the heap would otherwise stay at the burst's size.
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(assumed_role_operator::allocator::release_after_work(
+        move || metrics.reconciled(),
+        assumed_role_operator::allocator::release,
+        std::time::Duration::from_secs(30),
+        shutdown.clone(),
+    ));
     let ready = state.ready.clone();
     let lost = match leading {
         Some(leading) => {

@@ -152,6 +152,8 @@ pub struct Metrics {
     /// room, so that the text (about 370 bytes per AssumedRole) is not
     /// copied again and again as it grows.
     rendered: std::sync::atomic::AtomicUsize,
+    /// Reconciles finished, whatever their result.
+    reconciled: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -228,6 +230,7 @@ impl Default for Metrics {
             sts_budget_wait,
             sts_budget_deferrals,
             rendered: std::sync::atomic::AtomicUsize::new(0),
+            reconciled: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -255,6 +258,12 @@ impl Metrics {
     /// Counts one reconcile, by the category of the reason it ended with.
     pub fn reconcile(&self, result: &'static str) {
         self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconciled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reconciles finished so far, whatever their result.
+    pub fn reconciled(&self) -> u64 {
+        self.reconciled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts one Secret write.
