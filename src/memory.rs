@@ -60,13 +60,23 @@ fn holds(view: &SecretView, held: &Held) -> bool {
 }
 
 /// The last status this process wrote for an AssumedRole: the
-/// resourceVersion it was written over, and a hash of the status.
-#[derive(Clone, Debug, PartialEq)]
+/// resourceVersion it was written over, and the status, both as hashes (no
+/// allocation per AssumedRole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Written {
-    /// The object's resourceVersion before the write.
-    pub over: String,
+    /// A hash of the object's resourceVersion before the write.
+    over: u64,
     /// A hash of the status written.
-    pub status: u64,
+    status: u64,
+}
+
+impl Written {
+    /// The status hashed as `status`, written over `resource_version`.
+    pub fn new(resource_version: &str, status: u64) -> Self {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let over = BuildHasherDefault::<DefaultHasher>::default().hash_one(resource_version);
+        Self { over, status }
+    }
 }
 
 /// The memory of one process, keyed by AssumedRole UID.
@@ -213,7 +223,7 @@ impl Memory {
 
     /// The last status written for `uid`.
     pub fn written(&self, uid: &str) -> Option<Written> {
-        self.with(uid, |e| e.written.clone()).flatten()
+        self.with(uid, |e| e.written).flatten()
     }
 
     /// Remembers the status just written for `uid`.

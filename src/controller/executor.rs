@@ -691,10 +691,10 @@ async fn patch_status(
     // has not reached the cache yet (a reconcile woken by the Secret's own
     // event comes first). Writing it again would only cost a request, and
     // move the transition times to this second.
-    let written = crate::memory::Written {
-        over: ar.metadata.resource_version.clone().unwrap_or_default(),
-        status: status_hash(&status),
-    };
+    let written = crate::memory::Written::new(
+        ar.metadata.resource_version.as_deref().unwrap_or_default(),
+        status_hash(&status),
+    );
     if ctx.memory.written(&target.uid).as_ref() == Some(&written) {
         return Ok(());
     }

@@ -95,8 +95,9 @@ impl Wakeups {
         let sooner = inner.queue.peek().is_none_or(|Reverse((first, _))| at < *first);
         inner.queue.push(Reverse((at, key)));
         // Replaced deadlines wait in the queue until they come up; when they
-        // outnumber the live ones, the queue is built again from the map.
-        if inner.queue.len() > 2 * inner.due.len() + 64 {
+        // are a fifth of it, the queue is built again from the map (a
+        // rebuild per quarter of the live ones set anew).
+        if inner.queue.len() > inner.due.len() + inner.due.len() / 4 + 64 {
             let live: Vec<_> = inner.due.iter().map(|(k, at)| Reverse((*at, k.clone()))).collect();
             inner.queue = BinaryHeap::from(live);
         }
