@@ -121,7 +121,12 @@ async fn mint(client: &kube::Client, sts: &dyn Sts, budget: &Mutex<Bucket>, ar: 
         source_key: None,
     };
     let owner = ar.controller_owner_ref(&()).ok_or_else(|| anyhow::anyhow!("no uid"))?;
-    let desired = secret::render_secret(ar, owner, &held.creds, issued, &held.spec_hash.to_string(), None, KEY);
+    let mut desired = secret::render_secret(ar, owner, &held.creds, issued, &held.spec_hash.to_string(), None, KEY);
+    // Without its owner reference: deleted with the floor's namespaces, an
+    // owned Secret is read again by the garbage collector (a GET per Secret,
+    // for minutes at the controller manager's client rate), which the API
+    // server would count against the operator's run that follows.
+    desired.metadata.owner_references = None;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     secrets
