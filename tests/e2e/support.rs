@@ -987,6 +987,24 @@ impl Drop for Proxy {
     }
 }
 
+/// [`audited`] once it holds at least `want` requests of each kind named
+/// there (within 10 s): the API server logs a request when its response is
+/// complete, which can come after a watch saw the write.
+pub async fn audited_at_least(ns: &str, prefix: &str, want: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        "the audit log to record the writes",
+        || async {
+            let counts = audited(ns, prefix);
+            want.iter()
+                .all(|(key, n)| counts.get(*key).copied().unwrap_or(0) >= *n)
+                .then_some(counts)
+        },
+    )
+    .await
+}
+
 /// The API server's own record (its audit log: Secret reads and writes,
 /// AssumedRole status writes) of the requests for objects of `ns` whose
 /// names start with `prefix`, not made by kubectl, counted as
