@@ -37,6 +37,7 @@ pub mod secret;
 pub mod source;
 pub mod status;
 pub mod sts;
+pub mod webhook;
 
 /// Failures of the controller's effects. Each variant is named for the
 /// operation that failed; [`Error::reason`] gives the reason it is reported

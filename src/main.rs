@@ -15,6 +15,7 @@ use assumed_role_operator::{
     policy::AssumedRolePolicy,
     source,
     sts::AwsSts,
+    webhook,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML: both, or the one named
     /// (`assumedroles.sts.refresh.dev`, `assumedrolepolicies.sts.refresh.dev`).
     Crd {
@@ -133,6 +134,44 @@ struct RunArgs {
     /// applies.
     #[arg(long, env = "API_BURST", default_value_t = api_limit::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     api_burst: u32,
+    /// Serve the pod injection webhook on this address (HTTPS), on every
+    /// replica; off when absent.
+    #[arg(long, env = "WEBHOOK_ADDRESS")]
+    webhook_address: Option<std::net::SocketAddr>,
+    /// The Secret, in the operator's namespace, that holds the webhook's CA
+    /// and serving certificate, made and rotated by the operator and shared
+    /// by every replica.
+    #[arg(long, env = "WEBHOOK_SECRET", default_value = "assumed-role-operator-webhook-tls")]
+    webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` the operator keeps
+    /// in step with its CA.
+    #[arg(long, env = "WEBHOOK_CONFIGURATION")]
+    webhook_configuration: Option<String>,
+    /// The DNS names (or addresses) the webhook's certificate is for,
+    /// comma-separated: its Service's names.
+    #[arg(long, env = "WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    webhook_dns_names: Vec<String>,
+    /// Serve `tls.crt` and `tls.key` from this directory (written and
+    /// rotated by another issuer, such as cert-manager) instead of the
+    /// operator's own certificates; that issuer then keeps the `caBundle`.
+    #[arg(long, env = "WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<std::path::PathBuf>,
+    /// The image of the sidecar that the webhook injects: the operator's own.
+    #[arg(long, env = "SIDECAR_IMAGE", default_value = concat!("ghcr.io/assumed-role-operator/assumed-role-operator:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    /// The injected sidecar's `imagePullPolicy`; the cluster's default when
+    /// absent.
+    #[arg(long, env = "SIDECAR_IMAGE_PULL_POLICY")]
+    sidecar_image_pull_policy: Option<String>,
+    /// The loopback port the injected sidecar serves on.
+    #[arg(long, env = "SIDECAR_PORT", default_value_t = 9911)]
+    sidecar_port: u16,
+    /// Testing only: seconds the webhook's CA is valid.
+    #[arg(long, hide = true)]
+    webhook_ca_validity_seconds: Option<u64>,
+    /// Testing only: seconds the webhook's serving certificate is valid.
+    #[arg(long, hide = true)]
+    webhook_cert_validity_seconds: Option<u64>,
     /// Testing only: seconds this replica's reading of the system clock is
     /// off, to show that schedules follow the API server's clock.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
@@ -194,13 +233,17 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?
-                .block_on(run(args))
+                .block_on(run(*args))
         }
     }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, args.log_format)?;
+    let webhook = args
+        .webhook_address
+        .map(|address| webhook_settings(&args, address))
+        .transpose()?;
     let (credentials, sts_endpoint) = AwsSts::describe_env();
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -264,6 +307,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tx
     });
     let ctx = Arc::new(ctx);
+    let webhook = webhook.map(|settings| tokio::spawn(webhook::serve(settings, ctx.clone(), shutdown.clone())));
     let settings = Settings {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,
@@ -321,7 +365,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     shutdown.cancel();
+    if let Some(webhook) = webhook {
+        webhook.await.context("webhook task")?.context("webhook")?;
+    }
     stop(admin_server, lost).await
+}
+
+/// The webhook's settings from the flags.
+fn webhook_settings(args: &RunArgs, address: std::net::SocketAddr) -> anyhow::Result<webhook::Settings> {
+    let certificates = match &args.webhook_cert_dir {
+        Some(dir) => webhook::Certificates::Files(dir.clone()),
+        None => {
+            anyhow::ensure!(
+                !args.webhook_dns_names.is_empty(),
+                "--webhook-dns-names (WEBHOOK_DNS_NAMES) must name the webhook's Service, for its certificate"
+            );
+            let mut validity = webhook::tls::Validity::default();
+            if let Some(seconds) = args.webhook_ca_validity_seconds {
+                validity.ca = std::time::Duration::from_secs(seconds);
+            }
+            if let Some(seconds) = args.webhook_cert_validity_seconds {
+                validity.serving = std::time::Duration::from_secs(seconds);
+            }
+            webhook::Certificates::Managed {
+                namespace: args.namespace.clone(),
+                secret: args.webhook_secret.clone(),
+                configuration: args.webhook_configuration.clone(),
+                names: args.webhook_dns_names.clone(),
+                validity,
+            }
+        }
+    };
+    Ok(webhook::Settings {
+        address,
+        sidecar: webhook::inject::Sidecar {
+            image: args.sidecar_image.clone(),
+            pull_policy: args.sidecar_image_pull_policy.clone(),
+            port: args.sidecar_port,
+        },
+        certificates,
+    })
 }
 
 /// Waits for the admin server to close, and says how the process ends.

@@ -148,6 +148,11 @@ pub struct Metrics {
     /// 1 while this replica holds the leader Lease (or runs without leader
     /// election), 0 while it stands by.
     pub leader: Gauge,
+    /// Pod admissions the webhook answered, by result (`injected`,
+    /// `unchanged`, `denied`, `invalid`).
+    pub admissions: Family<ResultLabels, Counter>,
+    /// How long the webhook took to answer, in seconds.
+    pub admission_duration: Histogram,
     /// The length of the last rendering: the next starts with that much
     /// room, so that the text (about 370 bytes per AssumedRole) is not
     /// copied again and again as it grows.
@@ -214,11 +219,27 @@ impl Default for Metrics {
             "Whether this replica leads: 1 while it holds the Lease or runs without leader election",
             leader.clone(),
         );
+        let admissions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "webhook_admissions",
+            "Pod admissions the injection webhook answered, by result",
+            admissions.clone(),
+        );
+        let admission_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "webhook_admission_duration_seconds",
+            "How long the injection webhook took to answer an admission",
+            admission_duration.clone(),
+        );
         let assumed_roles = AssumedRoleGauges::default();
         registry.register_collector(Box::new(assumed_roles.clone()));
         Self {
             registry,
             leader,
+            admissions,
+            admission_duration,
             clock_offset,
             assumed_roles,
             sts_budget_rate,
@@ -253,6 +274,12 @@ impl Metrics {
         self.sts_duration
             .get_or_create(&ResultLabels { result })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one admission the webhook answered, and how long it took.
+    pub fn admission(&self, result: &'static str, took: std::time::Duration) {
+        self.admissions.get_or_create(&ResultLabels { result }).inc();
+        self.admission_duration.observe(took.as_secs_f64());
     }
 
     /// Counts one reconcile, by the category of the reason it ended with.

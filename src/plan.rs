@@ -296,15 +296,7 @@ pub fn decide(facts: &Facts<'_>) -> Plan {
             until: now + NAMESPACE_WAIT,
         };
     };
-    let ask = policy::Ask {
-        namespace: &target.namespace,
-        role_arn: &request.role_arn,
-        duration_seconds: request.duration_seconds,
-        source: ar.spec.source.kind(),
-        role_session_name: ar.spec.role_session_name.as_deref(),
-        source_identity: ar.spec.source_identity.as_deref(),
-    };
-    if let Verdict::Denied(why) = policy::evaluate(policies.iter().map(Arc::as_ref), labels, &ask) {
+    if let Verdict::Denied(why) = policy_verdict(ar, &request, &target.namespace, policies, labels) {
         let Some(view) = secret else {
             return Plan::ReadSecret;
         };
@@ -513,6 +505,27 @@ fn ready_reason(status: &AssumedRoleStatus) -> Option<Reason> {
     [Reason::SecretConflict, Reason::PolicyDenied]
         .into_iter()
         .find(|r| r.as_str() == reason)
+}
+
+/// Whether the policies allow `ar`, asking as `request` from `namespace`
+/// (whose labels are `labels`): the judgement a reconcile makes before any
+/// STS call, and the webhook before it wires a pod to the AssumedRole.
+pub fn policy_verdict(
+    ar: &AssumedRole,
+    request: &AssumeRoleRequest,
+    namespace: &str,
+    policies: &[Arc<AssumedRolePolicy>],
+    labels: &BTreeMap<String, String>,
+) -> Verdict {
+    let ask = policy::Ask {
+        namespace,
+        role_arn: &request.role_arn,
+        duration_seconds: request.duration_seconds,
+        source: ar.spec.source.kind(),
+        role_session_name: ar.spec.role_session_name.as_deref(),
+        source_identity: ar.spec.source_identity.as_deref(),
+    };
+    policy::evaluate(policies.iter().map(Arc::as_ref), labels, &ask)
 }
 
 #[cfg(test)]

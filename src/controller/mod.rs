@@ -215,7 +215,7 @@ impl Context {
     }
 
     /// The AssumedRole `name` of `namespace`, from the cache.
-    fn assumed_role(&self, namespace: &str, name: &str) -> Option<Arc<AssumedRole>> {
+    pub fn assumed_role(&self, namespace: &str, name: &str) -> Option<Arc<AssumedRole>> {
         let stores = self.roles.lock().ok()?;
         stores
             .iter()

@@ -66,3 +66,17 @@ app.kubernetes.io/part-of: assumed-role-operator
 {{- if .Values.sources.chaining }}{{ $sources = append $sources "AssumedRole" }}{{ end -}}
 {{- join "," $sources -}}
 {{- end }}
+
+{{/* The DNS names of the webhook's Service, one per line as a YAML list. */}}
+{{- define "aro.webhookNames" -}}
+{{- $svc := printf "%s-webhook" (include "aro.fullname" .) -}}
+- {{ $svc }}
+- {{ $svc }}.{{ .Release.Namespace }}
+- {{ $svc }}.{{ .Release.Namespace }}.svc
+- {{ $svc }}.{{ .Release.Namespace }}.svc.cluster.local
+{{- end }}
+
+{{/* Replicas: at least two while the webhook is on. */}}
+{{- define "aro.replicas" -}}
+{{- if .Values.webhook.enabled }}{{ max 2 (int .Values.replicaCount) }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
