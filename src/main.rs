@@ -167,10 +167,10 @@ struct RunArgs {
     #[arg(long, env = "SIDECAR_PORT", default_value_t = 9911)]
     sidecar_port: u16,
     /// Testing only: seconds the webhook's CA is valid.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, env = "WEBHOOK_CA_VALIDITY_SECONDS")]
     webhook_ca_validity_seconds: Option<u64>,
     /// Testing only: seconds the webhook's serving certificate is valid.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, env = "WEBHOOK_CERT_VALIDITY_SECONDS")]
     webhook_cert_validity_seconds: Option<u64>,
     /// Testing only: seconds this replica's reading of the system clock is
     /// off, to show that schedules follow the API server's clock.

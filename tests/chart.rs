@@ -20,6 +20,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use support::*;
 
+#[path = "chart/webhook.rs"]
+mod webhook;
+
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/assumed-role-operator");
 const KUBE_VERSION: &str = "1.36.3";
 
@@ -485,6 +488,12 @@ impl Release {
     /// The operator, run here with a token of the chart's ServiceAccount and
     /// the environment the chart's Deployment sets.
     fn operator(&self, sa: &str, dir: &Path) -> Operator {
+        self.operator_with(sa, dir, &[])
+    }
+
+    /// As [`Release::operator`], with `extra` environment set after the
+    /// chart's.
+    fn operator_with(&self, sa: &str, dir: &Path, extra: &[(&str, &str)]) -> Operator {
         let kubeconfig = token_kubeconfig(&self.ns, sa, dir);
         let manifest = self.manifest();
         let container = &find(&manifest, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
@@ -498,6 +507,7 @@ impl Release {
         env.push(("POD_NAME".into(), format!("{}-0", self.name)));
         env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
         env.push(("LEASE_DURATION_SECONDS".into(), "10".into()));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Operator::start_with(&[], &[], &env)
     }

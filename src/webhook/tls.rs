@@ -218,13 +218,15 @@ pub fn apply(
         Change::Fresh => Contents::default(),
         _ => contents.clone(),
     };
-    // Valid from a minute ago: clocks differ a little.
-    let start = now - jiff::SignedDuration::from_secs(60);
+    // Valid from a little earlier than now, as clocks differ a little: a
+    // minute, or a tenth of a serving certificate's life if that is less.
+    let start =
+        now - jiff::SignedDuration::try_from((validity.serving / 10).min(Duration::from_secs(60))).unwrap_or_default();
     let ca_until = |from: Timestamp| from + jiff::SignedDuration::try_from(validity.ca).unwrap_or_default();
     let stage = |out: &mut Contents| -> Result<String, CertError> {
         let id = random_id()?;
         let key = KeyPair::generate()?;
-        let not_after = ca_until(start);
+        let not_after = ca_until(now);
         let cert = ca_params(&id, start, not_after)?.self_signed(&key)?;
         out.data.insert(ca_cert_key(&id), cert.pem());
         out.data.insert(ca_key_key(&id), key.serialize_pem());
@@ -253,7 +255,7 @@ pub fn apply(
     match change {
         Change::Fresh => {
             let id = stage(&mut out)?;
-            issue(&mut out, &id, names, validity, start)?;
+            issue(&mut out, &id, names, validity, start, now)?;
         }
         Change::Stage => {
             stage(&mut out)?;
@@ -265,7 +267,7 @@ pub fn apply(
                 record.cas.retain(|ca| &ca.id != id);
             }
         }
-        Change::Issue(id) => issue(&mut out, id, names, validity, start)?,
+        Change::Issue(id) => issue(&mut out, id, names, validity, start, now)?,
     }
     let bundle: String = out
         .record
@@ -284,6 +286,7 @@ fn issue(
     names: &[String],
     validity: &Validity,
     start: Timestamp,
+    now: Timestamp,
 ) -> Result<(), CertError> {
     let record = out
         .record
@@ -300,7 +303,7 @@ fn issue(
         .ok_or_else(|| CertError(format!("no key of CA {id}")))?;
     let ca_key = KeyPair::from_pem(ca_key)?;
     let issuer = Issuer::new(ca_params(id, ca.not_before, ca.not_after)?, ca_key);
-    let not_after = (start + jiff::SignedDuration::try_from(validity.serving).unwrap_or_default()).min(ca.not_after);
+    let not_after = (now + jiff::SignedDuration::try_from(validity.serving).unwrap_or_default()).min(ca.not_after);
     let mut params = CertificateParams::new(names.to_vec())?;
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
@@ -449,16 +452,18 @@ mod tests {
         let made = settle(&Contents::default(), &names(), &short(), at(0))
             .unwrap()
             .unwrap();
-        assert_eq!(next(made.record.as_ref(), &names(), &short(), at(100)), None);
+        // Valid from 30 s before it was made to 300 s after: its last third
+        // starts at 190 s.
+        assert_eq!(next(made.record.as_ref(), &names(), &short(), at(185)), None);
         let ca = made.record.as_ref().unwrap().cas[0].id.clone();
         assert_eq!(
-            next(made.record.as_ref(), &names(), &short(), at(150)),
+            next(made.record.as_ref(), &names(), &short(), at(195)),
             Some(Change::Issue(ca.clone()))
         );
-        let renewed = settle(&made, &names(), &short(), at(150)).unwrap().unwrap();
+        let renewed = settle(&made, &names(), &short(), at(195)).unwrap().unwrap();
         assert_ne!(renewed.data[CERT_KEY], made.data[CERT_KEY]);
         assert_eq!(renewed.data[BUNDLE_KEY], made.data[BUNDLE_KEY], "the bundle stays");
-        assert!(verifies(&made.data[BUNDLE_KEY], &renewed.data[CERT_KEY], at(151)));
+        assert!(verifies(&made.data[BUNDLE_KEY], &renewed.data[CERT_KEY], at(196)));
     }
 
     #[test]
@@ -507,9 +512,10 @@ mod tests {
             published = contents.data[BUNDLE_KEY].clone();
         }
         let (staged, promoted) = (staged_at.expect("a new CA was staged"), promoted_at.expect("and signs"));
-        // The CA's last third starts 1,000 s before its end (it is valid from
-        // a minute before it was made).
-        let last_third = first.not_after.as_second() - at(0).as_second() - 1000;
+        // The CA's last third of its life (it is valid from a little before
+        // it was made).
+        let life = first.not_after.as_second() - first.not_before.as_second();
+        let last_third = first.not_after.as_second() - at(0).as_second() - life / 3;
         assert!(staged >= last_third && staged < last_third + step, "staged at {staged}");
         assert!(
             promoted - staged >= v.settle().as_secs() as i64,

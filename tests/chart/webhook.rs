@@ -1,0 +1,464 @@
+//! The injection webhook, configured by the chart and run with the chart's
+//! RBAC, against the real API server: pods are created (no kubelet is needed
+//! to see admission) and their admitted specs read back.
+//!
+//! The operator runs here as a process, so the chart's webhook configuration
+//! is pointed at it by URL (`https://127.0.0.1:PORT/mutate`) instead of the
+//! Service; everything else is the chart's.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A release with the webhook on, its configuration pointed at `port`.
+fn release_pointed_at(name: &str, port: u16) -> Release {
+    let release = Release::install(name, &["--set", "webhook.enabled=true"]);
+    let patch = json!([{
+        "op": "replace",
+        "path": "/webhooks/0/clientConfig",
+        "value": {"url": format!("https://127.0.0.1:{port}/mutate")},
+    }]);
+    let out = kubectl(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            &configuration(&release),
+            "--type",
+            "json",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    release
+}
+
+fn configuration(release: &Release) -> String {
+    format!("{}-assumed-role-operator", release.name)
+}
+
+fn service_account(release: &Release) -> String {
+    format!("{}-assumed-role-operator", release.name)
+}
+
+/// The operator of `release`, serving the webhook on `port` with a
+/// certificate for 127.0.0.1, plus `extra` arguments as environment.
+fn webhook_operator(release: &Release, port: u16, dir: &Path, extra: &[(&str, &str)]) -> Operator {
+    let address = format!("127.0.0.1:{port}");
+    let mut env = vec![
+        ("WEBHOOK_ADDRESS", address.as_str()),
+        ("WEBHOOK_DNS_NAMES", "127.0.0.1"),
+    ];
+    env.extend_from_slice(extra);
+    release.operator_with(&service_account(release), dir, &env)
+}
+
+/// The CA bundle of the release's webhook configuration.
+async fn published_bundle(client: &kube::Client, release: &Release) -> Vec<u8> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mwc = api
+        .get(&configuration(release))
+        .await
+        .expect("the webhook configuration");
+    mwc.webhooks.unwrap_or_default()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .map(|b| b.0)
+        .unwrap_or_default()
+}
+
+/// The release's certificate Secret, as text by key.
+async fn certificates(client: &kube::Client, release: &Release) -> Option<BTreeMap<String, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &release.ns);
+    let secret = api
+        .get_opt(&format!("{}-webhook-tls", configuration(release)))
+        .await
+        .expect("read the certificate Secret")?;
+    Some(data(&secret))
+}
+
+/// Waits until the configuration trusts the CA bundle of the certificate
+/// Secret, and returns it.
+async fn wait_published(client: &kube::Client, release: &Release) -> String {
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the CA bundle in the webhook configuration",
+        || async {
+            let bundle = certificates(client, release).await?.get("ca.crt")?.clone();
+            (published_bundle(client, release).await == bundle.as_bytes()).then_some(bundle)
+        },
+    )
+    .await
+}
+
+/// `kubectl create` of `pod` in `ns`: the created pod, or kubectl's error;
+/// and what kubectl printed on stderr (admission warnings).
+fn create_pod(ns: &str, pod: &Value, extra: &[&str]) -> (Result<Value, String>, String) {
+    let mut args = vec!["create", "-n", ns, "-o", "json", "-f", "-"];
+    args.extend_from_slice(extra);
+    let out = kubectl(&args, Some(&pod.to_string()));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() {
+        (
+            Ok(serde_json::from_slice(&out.stdout).expect("the pod as JSON")),
+            stderr,
+        )
+    } else {
+        (Err(stderr.clone()), stderr)
+    }
+}
+
+fn pod(name: &str, labelled: bool, annotations: Value, spec: Value) -> Value {
+    let labels = if labelled {
+        json!({"sts.refresh.dev/inject": "true"})
+    } else {
+        json!({})
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+fn env_names(container: &Value) -> Vec<String> {
+    container["env"]
+        .as_array()
+        .map(|e| e.iter().map(|e| e["name"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str()
+}
+
+/// How many admissions the operator answered, by its metrics.
+async fn admissions(operator: &Operator) -> u64 {
+    operator
+        .counter("assumed_role_operator_webhook_admissions_total", None)
+        .await
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
+    let client = client().await;
+    let port = free_port();
+    let release = release_pointed_at("aro-hook", port);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut operator = webhook_operator(&release, port, dir.path(), &[]);
+    operator.wait_ready().await;
+    wait_published(&client, &release).await;
+    let image = find(&release.manifest(), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let ns = TestNamespace::create(&client, "hook").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    apply(&format!(
+        "{}\n---\n{}",
+        assumed_role(&ns.name, "reader", "  secret: {name: reader-aws, mountPath: /etc/aws}"),
+        assumed_role(&ns.name, "paused", "  suspend: true"),
+    ));
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    wait_ready(&roles, "paused", "False", "Suspended").await;
+
+    // The endpoint route, by default: the sidecar first among the init
+    // containers, with restartPolicy Always and the operator's image; the
+    // environment and mount in every container, init containers included;
+    // fields injection does not touch (a startupProbe) kept.
+    let endpoint = pod(
+        "endpoint",
+        true,
+        json!({"sts.refresh.dev/assumed-role": "reader"}),
+        json!({
+            "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+            "containers": [{"name": "app", "image": "app:1", "startupProbe": {"exec": {"command": ["true"]}}}],
+        }),
+    );
+    // A server-side dry run goes through the webhook too (no side effects).
+    let (dry, _) = create_pod(&ns.name, &endpoint, &["--dry-run=server"]);
+    let dry = dry.expect("a server-side dry run");
+    assert_eq!(dry["spec"]["initContainers"][0]["name"], "sts-credentials-endpoint");
+    let (created, warnings) = create_pod(&ns.name, &endpoint, &[]);
+    let created = created.expect("the endpoint pod is admitted");
+    assert!(!warnings.contains("Warning"), "{warnings}");
+    let spec = &created["spec"];
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["name"], "sts-credentials-endpoint");
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["image"], image.as_str());
+    assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+    assert!(sidecar["startupProbe"]["exec"].is_object(), "{sidecar}");
+    assert_eq!(spec["initContainers"][1]["name"], "migrate");
+    for container in [&spec["containers"][0], &spec["initContainers"][1]] {
+        assert_eq!(
+            env_value(container, "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            Some("http://127.0.0.1:9911/v1/credentials"),
+            "{container}"
+        );
+        assert_eq!(
+            env_value(container, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+            Some("/etc/aws/endpoint-token")
+        );
+        assert!(
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "sts-credentials" && m["mountPath"] == "/etc/aws"),
+            "{container}"
+        );
+    }
+    assert_eq!(
+        spec["containers"][0]["startupProbe"]["exec"],
+        json!({"command": ["true"]})
+    );
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sts-credentials")
+        .expect("the Secret volume");
+    assert_eq!(volume["secret"]["secretName"], "reader-aws");
+    assert_eq!(
+        created["metadata"]["annotations"]["sts.refresh.dev/injected"],
+        "endpoint"
+    );
+
+    // The config route: the config file, no sidecar; only the containers
+    // the annotation names.
+    let (created, _) = create_pod(
+        &ns.name,
+        &pod(
+            "config",
+            true,
+            json!({"sts.refresh.dev/assumed-role": "reader", "sts.refresh.dev/route": "config", "sts.refresh.dev/containers": "app"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}, {"name": "proxy", "image": "proxy:1"}]}),
+        ),
+        &[],
+    );
+    let created = created.expect("the config pod is admitted");
+    assert!(created["spec"].get("initContainers").is_none(), "{created}");
+    assert_eq!(
+        env_value(&created["spec"]["containers"][0], "AWS_CONFIG_FILE"),
+        Some("/etc/aws/config")
+    );
+    assert!(env_names(&created["spec"]["containers"][1]).is_empty());
+
+    // A pod that already carries what injection adds is left as it is.
+    let mut again = created.clone();
+    again["metadata"] = json!({"name": "again", "labels": created["metadata"]["labels"], "annotations": created["metadata"]["annotations"]});
+    let (admitted, _) = create_pod(&ns.name, &again, &[]);
+    let admitted = admitted.expect("the pod that carries it all is admitted");
+    assert_eq!(admitted["spec"]["containers"], created["spec"]["containers"]);
+    assert_eq!(admitted["spec"]["volumes"], created["spec"]["volumes"]);
+
+    // Not Ready yet: admitted, with a warning that says so.
+    let (created, warnings) = create_pod(
+        &ns.name,
+        &pod(
+            "waits",
+            true,
+            json!({"sts.refresh.dev/assumed-role": "paused"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        ),
+        &[],
+    );
+    created.expect("a pod of an AssumedRole not Ready yet is admitted");
+    assert!(
+        warnings.contains("Warning: AssumedRole paused is not Ready yet (Suspended"),
+        "{warnings}"
+    );
+
+    // Missing: refused, naming it and the namespace.
+    let (refused, _) = create_pod(
+        &ns.name,
+        &pod(
+            "ghost",
+            true,
+            json!({"sts.refresh.dev/assumed-role": "ghost"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        ),
+        &[],
+    );
+    let why = refused.expect_err("a pod naming a missing AssumedRole is refused");
+    assert!(
+        why.contains(&format!(
+            "AssumedRole ghost (annotation sts.refresh.dev/assumed-role) does not exist in namespace {}",
+            ns.name
+        )),
+        "{why}"
+    );
+
+    // Denied by the namespace's policy: refused in the policy's words.
+    let other = TestNamespace::without_policy(&client, "hook-denied").await;
+    apply(&assumed_role(&other.name, "reader", ""));
+    let other_roles: Api<AssumedRole> = Api::namespaced(client.clone(), &other.name);
+    wait_ready(&other_roles, "reader", "False", "PolicyDenied").await;
+    let (refused, _) = create_pod(
+        &other.name,
+        &pod(
+            "denied",
+            true,
+            json!({"sts.refresh.dev/assumed-role": "reader"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        ),
+        &[],
+    );
+    let why = refused.expect_err("a pod of a denied AssumedRole is refused");
+    assert!(
+        why.contains(&format!("AssumedRole reader may not serve namespace {}", other.name))
+            && why.contains("no AssumedRolePolicy covers"),
+        "{why}"
+    );
+
+    // An unlabelled pod never reaches the webhook, annotation or not.
+    let before = admissions(&operator).await;
+    let (created, _) = create_pod(
+        &ns.name,
+        &pod(
+            "plain",
+            false,
+            json!({"sts.refresh.dev/assumed-role": "reader"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        ),
+        &[],
+    );
+    let created = created.expect("an unlabelled pod is created");
+    assert!(env_names(&created["spec"]["containers"][0]).is_empty());
+    assert_eq!(
+        admissions(&operator).await,
+        before,
+        "the unlabelled pod was sent to the webhook"
+    );
+    assert!(before >= 6, "{before} admissions counted");
+
+    let log = operator.output();
+    assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
+
+    // With the webhook down, a labelled pod is refused and an unlabelled one
+    // is created.
+    operator.stop();
+    let (refused, _) = create_pod(
+        &ns.name,
+        &pod(
+            "down",
+            true,
+            json!({"sts.refresh.dev/assumed-role": "reader"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        ),
+        &[],
+    );
+    let why = refused.expect_err("a labelled pod is refused while the webhook is down");
+    assert!(
+        why.contains("failed calling webhook \"inject.sts.refresh.dev\""),
+        "{why}"
+    );
+    let (created, _) = create_pod(
+        &ns.name,
+        &pod(
+            "down-plain",
+            false,
+            json!({}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        ),
+        &[],
+    );
+    created.expect("an unlabelled pod is created while the webhook is down");
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn two_replicas_share_one_ca_and_rotate_it_without_refusing_a_pod() {
+    let client = client().await;
+    let port = free_port();
+    let release = release_pointed_at("aro-rotate", port);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Short lives: the serving certificate renewed every few seconds, the CA
+    // once within the test.
+    let lives = [
+        ("WEBHOOK_CA_VALIDITY_SECONDS", "40"),
+        ("WEBHOOK_CERT_VALIDITY_SECONDS", "8"),
+    ];
+    let serving = webhook_operator(&release, port, dir.path(), &lives);
+    // A second replica, on a port of its own: it keeps the same Secret and
+    // the same configuration, as a second pod behind the Service would.
+    let other_port = free_port().to_string();
+    let other_address = format!("127.0.0.1:{other_port}");
+    let mut second: Vec<(&str, &str)> = lives.to_vec();
+    second.push(("POD_NAME", "aro-rotate-1"));
+    let _standby = release.operator_with(
+        &service_account(&release),
+        dir.path(),
+        &[
+            &second[..],
+            &[
+                ("WEBHOOK_ADDRESS", other_address.as_str()),
+                ("WEBHOOK_DNS_NAMES", "127.0.0.1"),
+            ],
+        ]
+        .concat(),
+    );
+    serving.wait_ready().await;
+    let first_bundle = wait_published(&client, &release).await;
+
+    let ns = TestNamespace::create(&client, "rotate").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    apply(&assumed_role(&ns.name, "reader", ""));
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+
+    // For 50 s, a labelled pod every second: each one admitted and wired,
+    // while the certificates and the bundle are watched change.
+    let mut certs = std::collections::BTreeSet::new();
+    let mut bundles = std::collections::BTreeSet::new();
+    let mut cas = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    let mut created = 0;
+    while started.elapsed() < Duration::from_secs(50) && created < 60 {
+        let (pod_created, _) = create_pod(
+            &ns.name,
+            &pod(
+                &format!("p{created}"),
+                true,
+                json!({"sts.refresh.dev/assumed-role": "reader"}),
+                json!({"containers": [{"name": "app", "image": "app:1"}]}),
+            ),
+            &[],
+        );
+        let pod_created =
+            pod_created.unwrap_or_else(|why| panic!("pod {created} refused after {:?}: {why}", started.elapsed()));
+        assert_eq!(
+            pod_created["spec"]["initContainers"][0]["name"],
+            "sts-credentials-endpoint"
+        );
+        created += 1;
+        let stored = certificates(&client, &release).await.expect("the certificate Secret");
+        certs.insert(stored["tls.crt"].clone());
+        cas.extend(
+            stored
+                .keys()
+                .filter(|k| k.starts_with("ca-") && k.ends_with(".crt"))
+                .cloned(),
+        );
+        bundles.insert(published_bundle(&client, &release).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(certs.len() >= 4, "{} serving certificates in 50 s", certs.len());
+    assert!(cas.len() >= 2, "CAs seen: {cas:?}");
+    assert!(bundles.len() >= 2, "{} bundles published", bundles.len());
+    // Still one CA set for both replicas: the bundle published is the Secret's.
+    let settled = wait_published(&client, &release).await;
+    assert_ne!(settled, first_bundle, "the CA was rotated");
+    for log in [serving.output(), _standby.output()] {
+        assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
+    }
+}
