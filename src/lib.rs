@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod policy;
+pub mod rollout;
 pub mod schedule;
 pub mod secret;
 pub mod source;

@@ -13,7 +13,7 @@ use assumed_role_operator::{
     controller::{self, Context, Settings},
     endpoint, hmac_key, leader,
     policy::AssumedRolePolicy,
-    source,
+    rollout, source,
     sts::AwsSts,
     webhook,
 };
@@ -166,6 +166,18 @@ struct RunArgs {
     /// The loopback port the injected sidecar serves on.
     #[arg(long, env = "SIDECAR_PORT", default_value_t = 9911)]
     sidecar_port: u16,
+    /// Roll out each Deployment, StatefulSet and DaemonSet annotated
+    /// `sts.refresh.dev/restart-on-refresh: <AssumedRoles>` once per new set
+    /// of credentials (a pod template annotation), for consumers that read
+    /// credentials once.
+    #[arg(long, env = "ROLLOUTS", default_value_t = false)]
+    rollouts: bool,
+    /// Rollouts per second, at most, across every workload.
+    #[arg(long, env = "ROLLOUT_RATE", default_value_t = 1.0, value_parser = positive_rate)]
+    rollout_rate: f64,
+    /// Rollouts that may start at once before the rate applies.
+    #[arg(long, env = "ROLLOUT_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    rollout_burst: u32,
     /// Testing only: seconds the webhook's CA is valid.
     #[arg(long, hide = true, env = "WEBHOOK_CA_VALIDITY_SECONDS")]
     webhook_ca_validity_seconds: Option<u64>,
@@ -308,6 +320,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let ctx = Arc::new(ctx);
     let webhook = webhook.map(|settings| tokio::spawn(webhook::serve(settings, ctx.clone(), shutdown.clone())));
+    if args.rollouts {
+        tokio::spawn(rollout::run(
+            ctx.clone(),
+            rollout::Settings {
+                namespaces: args.watch_namespaces.clone(),
+                rate: args.rollout_rate,
+                burst: args.rollout_burst,
+            },
+            shutdown.clone(),
+        ));
+    }
     let settings = Settings {
         namespaces: args.watch_namespaces,
         concurrency: args.concurrency,

@@ -153,6 +153,8 @@ pub struct Metrics {
     pub admissions: Family<ResultLabels, Counter>,
     /// How long the webhook took to answer, in seconds.
     pub admission_duration: Histogram,
+    /// Workloads rolled out for new credentials, by kind.
+    pub rollouts: Family<ResultLabels, Counter>,
     /// The length of the last rendering: the next starts with that much
     /// room, so that the text (about 370 bytes per AssumedRole) is not
     /// copied again and again as it grows.
@@ -233,6 +235,12 @@ impl Default for Metrics {
             "How long the injection webhook took to answer an admission",
             admission_duration.clone(),
         );
+        let rollouts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Workloads rolled out for new credentials, by kind (result)",
+            rollouts.clone(),
+        );
         let assumed_roles = AssumedRoleGauges::default();
         registry.register_collector(Box::new(assumed_roles.clone()));
         Self {
@@ -240,6 +248,7 @@ impl Default for Metrics {
             leader,
             admissions,
             admission_duration,
+            rollouts,
             clock_offset,
             assumed_roles,
             sts_budget_rate,
@@ -280,6 +289,11 @@ impl Metrics {
     pub fn admission(&self, result: &'static str, took: std::time::Duration) {
         self.admissions.get_or_create(&ResultLabels { result }).inc();
         self.admission_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one rollout of a workload of `kind`.
+    pub fn rollout(&self, kind: &'static str) {
+        self.rollouts.get_or_create(&ResultLabels { result: kind }).inc();
     }
 
     /// Counts one reconcile, by the category of the reason it ended with.

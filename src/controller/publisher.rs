@@ -106,14 +106,28 @@ impl EventPublisher {
         note: &str,
         now: Timestamp,
     ) -> Result<(), kube::Error> {
-        let namespace = ar.namespace().unwrap_or_else(|| "default".into());
-        let name = ar.name_any();
+        self.publish_regarding(ar.object_ref(&()), type_, reason, note, now)
+            .await
+    }
+
+    /// Publishes one Event regarding the object `regarding`, or counts a
+    /// repeat of the last one with the same type and reason.
+    pub async fn publish_regarding(
+        &self,
+        regarding: k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<(), kube::Error> {
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = regarding.name.clone().unwrap_or_default();
         let type_name = match type_ {
             EventType::Normal => "Normal",
             EventType::Warning => "Warning",
         };
         let note = events::fit_note(note);
-        let key = Series::key(&ar.uid().unwrap_or_default(), reason, type_name, &note);
+        let key = Series::key(regarding.uid.as_deref().unwrap_or_default(), reason, type_name, &note);
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         // The lock is never held across a call to the API server.
         let repeat = self.series.lock().await.repeat(key, now);
@@ -134,7 +148,7 @@ impl EventPublisher {
             note: Some(note),
             type_: Some(type_name.into()),
             event_time: Some(MicroTime(now)),
-            regarding: Some(ar.object_ref(&())),
+            regarding: Some(regarding),
             reporting_controller: Some(FIELD_MANAGER.into()),
             reporting_instance: Some(self.instance.clone()),
             ..K8sEvent::default()

@@ -462,3 +462,163 @@ async fn two_replicas_share_one_ca_and_rotate_it_without_refusing_a_pod() {
         assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
     }
 }
+
+/// A Deployment `name` in `ns` (its pods never run: there is no node), with
+/// `annotations` on the Deployment.
+fn deployment(ns: &str, name: &str, annotations: Value) -> String {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+            },
+        },
+    })
+    .to_string()
+}
+
+/// The Deployment's generation and its pod template's credentials annotation.
+async fn template_state(api: &Api<k8s_openapi::api::apps::v1::Deployment>, name: &str) -> (i64, Option<String>) {
+    let d = api.get(name).await.expect("the Deployment");
+    let annotation = d
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("sts.refresh.dev/credentials-generation").cloned());
+    (d.metadata.generation.unwrap_or_default(), annotation)
+}
+
+/// Changes the AssumedRole's spec (a new set of credentials at once) and
+/// returns the new set's expiration.
+async fn rotate(roles: &Api<AssumedRole>, ns: &str, duration: u32) -> String {
+    let before = roles
+        .get("reader")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .expiration_time
+        .unwrap()
+        .0;
+    merge_patch(
+        ns,
+        "assumedrole/reader",
+        &format!("{{\"spec\":{{\"durationSeconds\":{duration}}}}}"),
+    );
+    let ar = wait_for(
+        roles,
+        "reader",
+        Duration::from_secs(30),
+        "a new set",
+        move |ar: Option<&AssumedRole>| {
+            ar.and_then(|a| a.status.as_ref()?.expiration_time.clone())
+                .is_some_and(|t| t.0 != before)
+                && ar.and_then(ready).is_some_and(|(s, _, _)| s == "True")
+        },
+    )
+    .await;
+    ar.status.unwrap().expiration_time.unwrap().0.to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never() {
+    let client = client().await;
+    let release = Release::install("aro-roll", &["--set", "rollouts.enabled=true"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut operator = release.operator(&service_account(&release), dir.path());
+    operator.wait_ready().await;
+    let ns = TestNamespace::create(&client, "roll").await;
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    // Created before its AssumedRole: its pods started without credentials,
+    // and the first set rolls them out too.
+    apply(&deployment(
+        &ns.name,
+        "reads-once",
+        json!({"sts.refresh.dev/restart-on-refresh": "reader"}),
+    ));
+    apply(&deployment(&ns.name, "plain", json!({})));
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let (created_generation, none) = template_state(&deployments, "reads-once").await;
+    assert_eq!(none, None);
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let ar = wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    let first = format!("reader={}", ar.status.unwrap().expiration_time.unwrap().0);
+    let generation = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the first rollout",
+        || {
+            let (deployments, first) = (deployments.clone(), first.clone());
+            async move {
+                let (generation, annotation) = template_state(&deployments, "reads-once").await;
+                (annotation.as_deref() == Some(first.as_str())).then_some(generation)
+            }
+        },
+    )
+    .await;
+    assert_eq!(generation, created_generation + 1);
+
+    let mut rolled = 1;
+    for duration in [1800, 2700] {
+        let expires = rotate(&roles, &ns.name, duration).await;
+        let wanted = format!("reader={expires}");
+        rolled += 1;
+        let generation = poll(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the rollout",
+            || {
+                let (deployments, wanted) = (deployments.clone(), wanted.clone());
+                async move {
+                    let (generation, annotation) = template_state(&deployments, "reads-once").await;
+                    (annotation.as_deref() == Some(wanted.as_str())).then_some(generation)
+                }
+            },
+        )
+        .await;
+        assert_eq!(generation, created_generation + rolled, "one template change per set");
+        assert_eq!(
+            operator.counter("assumed_role_operator_rollouts_total", None).await,
+            rolled as u64,
+            "one rollout per set"
+        );
+    }
+    let (_, plain) = template_state(&deployments, "plain").await;
+    assert_eq!(plain, None, "a workload that is not annotated is never rolled out");
+    let events = events_json(&ns.name);
+    assert!(
+        events.contains("CredentialsRollout") && events.contains("reads-once"),
+        "no rollout Event: {events}"
+    );
+
+    // A restarted operator rolls out nothing for sets already rolled out:
+    // the next set is the only change.
+    operator.stop();
+    let restarted = release.operator(&service_account(&release), dir.path());
+    restarted.wait_ready().await;
+    let expires = rotate(&roles, &ns.name, 3600).await;
+    let wanted = format!("reader={expires}");
+    let generation = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the rollout after a restart",
+        || {
+            let (deployments, wanted) = (deployments.clone(), wanted.clone());
+            async move {
+                let (generation, annotation) = template_state(&deployments, "reads-once").await;
+                (annotation.as_deref() == Some(wanted.as_str())).then_some(generation)
+            }
+        },
+    )
+    .await;
+    assert_eq!(generation, created_generation + 4);
+    assert_eq!(restarted.counter("assumed_role_operator_rollouts_total", None).await, 1);
+    let log = restarted.output();
+    assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
+}

@@ -49,6 +49,13 @@ app.kubernetes.io/part-of: assumed-role-operator
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.rollouts.enabled }}
+# Rollouts for new credentials: workloads watched by metadata, and one pod
+# template annotation patched.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, list, watch, patch]
+{{- end }}
 {{- if .Values.sources.serviceAccountTokens }}
 # spec.source.serviceAccountName: a short-lived token of that ServiceAccount
 # (TokenRequest). spec.source.secretRef reads Secrets with the rule above.
