@@ -622,3 +622,131 @@ async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never()
     let log = restarted.output();
     assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
 }
+
+/// The rules of every Role and ClusterRole of `objects`.
+fn rules(objects: &[Value]) -> Vec<Value> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn env_of_deployment(objects: &[Value]) -> Vec<(String, String)> {
+    find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_webhook_and_rollouts_render_only_when_on_with_their_rbac_only() {
+    let off = render(&[]);
+    assert!(find(&off, "MutatingWebhookConfiguration").is_empty());
+    let off_rules = rules(&off);
+    for rule in &off_rules {
+        assert_ne!(rule["apiGroups"][0], "admissionregistration.k8s.io", "{rule}");
+        assert_ne!(rule["apiGroups"][0], "apps", "{rule}");
+    }
+
+    let on = render(&["--set", "webhook.enabled=true", "--set", "networkPolicy.enabled=true"]);
+    let mwc = find(&on, "MutatingWebhookConfiguration");
+    assert_eq!(mwc.len(), 1);
+    let hook = &mwc[0]["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
+    assert_eq!(hook["rules"][0]["resources"], json!(["pods"]));
+    assert_eq!(
+        hook["objectSelector"],
+        json!({"matchLabels": {"sts.refresh.dev/inject": "true"}})
+    );
+    assert!(
+        hook["clientConfig"].get("caBundle").is_none(),
+        "the chart leaves caBundle to the operator"
+    );
+    assert_eq!(
+        hook["clientConfig"]["service"]["name"],
+        "aro-assumed-role-operator-webhook"
+    );
+    // Every replica serves it: two at least, and a disruption budget.
+    assert_eq!(find(&on, "Deployment")[0]["spec"]["replicas"], 2);
+    assert_eq!(find(&on, "PodDisruptionBudget").len(), 1);
+    let ingress = &find(&on, "NetworkPolicy")[0]["spec"]["ingress"];
+    assert!(
+        ingress
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["ports"][0]["port"] == "https-webhook"),
+        "{ingress}"
+    );
+    let env = env_of_deployment(&on);
+    assert!(
+        env.contains(&("WEBHOOK_ADDRESS".into(), "0.0.0.0:9443".into())),
+        "{env:?}"
+    );
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "WEBHOOK_DNS_NAMES" && v.contains("aro-assumed-role-operator-webhook.ops.svc"))
+    );
+    // Its RBAC: the certificate Secret (get, update) and the configuration's
+    // caBundle (get, patch), each by name, and nothing else besides.
+    let added: Vec<Value> = rules(&on).into_iter().filter(|r| !off_rules.contains(r)).collect();
+    assert_eq!(
+        added,
+        vec![
+            json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["aro-assumed-role-operator"], "verbs": ["get", "patch"]}),
+            json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["aro-assumed-role-operator-webhook-tls"], "verbs": ["get", "update"]}),
+        ]
+    );
+
+    // With cert-manager: its certificate, mounted; its CA injected; no RBAC
+    // for the operator's own.
+    let cm = render(&[
+        "--set",
+        "webhook.enabled=true",
+        "--set",
+        "webhook.certManager.enabled=true",
+    ]);
+    assert_eq!(
+        find(&cm, "MutatingWebhookConfiguration")[0]["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "ops/aro-assumed-role-operator-webhook"
+    );
+    assert_eq!(find(&cm, "Certificate").len(), 2, "a CA and the serving certificate");
+    assert!(env_of_deployment(&cm).contains(&("WEBHOOK_CERT_DIR".into(), "/var/run/webhook-tls".into())));
+    let cm_added: Vec<Value> = rules(&cm).into_iter().filter(|r| !off_rules.contains(r)).collect();
+    assert!(cm_added.is_empty(), "{cm_added:?}");
+
+    // Limited to some namespaces: only their pods reach the webhook.
+    let limited = render(&[
+        "--set",
+        "webhook.enabled=true",
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+    ]);
+    assert_eq!(
+        find(&limited, "MutatingWebhookConfiguration")[0]["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["team-a", "team-b"])
+    );
+
+    let rolling = render(&["--set", "rollouts.enabled=true"]);
+    let added: Vec<Value> = rules(&rolling).into_iter().filter(|r| !off_rules.contains(r)).collect();
+    assert_eq!(
+        added,
+        vec![
+            json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "list", "watch", "patch"]})
+        ]
+    );
+    assert!(env_of_deployment(&rolling).contains(&("ROLLOUTS".into(), "true".into())));
+}
