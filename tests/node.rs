@@ -140,6 +140,11 @@ struct Release {
 
 impl Release {
     fn install(name: &str, watch: &str, sts: &str) -> Self {
+        Self::install_with(name, watch, sts, &[])
+    }
+
+    /// As [`Release::install`], with extra `helm install` arguments.
+    fn install_with(name: &str, watch: &str, sts: &str, extra: &[&str]) -> Self {
         let ns = format!("{watch}-system");
         let image = operator_image();
         let (repository, tag) = image.rsplit_once(':').expect("an image with a tag");
@@ -155,24 +160,28 @@ impl Release {
             key("AWS_ACCESS_KEY_ID", "access-key-id"),
             key("AWS_SECRET_ACCESS_KEY", "secret-access-key")
         ]);
-        helm(&[
+        let image_values = format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never");
+        let sts_values = format!("aws.stsEndpoint={sts},aws.region=us-east-1");
+        let watched = format!("watchNamespaces=[\"{watch}\"]");
+        let extra_env = format!("extraEnv={extra_env}");
+        let mut args = vec![
             "install",
             name,
             CHART,
             "--namespace",
             &ns,
             "--set",
-            &format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never"),
+            &image_values,
             "--set",
-            &format!("aws.stsEndpoint={sts},aws.region=us-east-1"),
+            &sts_values,
             "--set-json",
-            &format!("watchNamespaces=[\"{watch}\"]"),
+            &watched,
             "--set-json",
-            &format!("extraEnv={extra_env}"),
-            "--wait",
-            "--timeout",
-            "180s",
-        ]);
+            &extra_env,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--wait", "--timeout", "180s"]);
+        helm(&args);
         Self { name: name.into(), ns }
     }
 
@@ -680,6 +689,110 @@ impl Host {
         });
         self
     }
+}
+
+#[tokio::test]
+#[ignore = "needs the node that `make test` starts"]
+async fn a_pod_with_one_label_and_one_annotation_gets_working_credentials_from_the_charts_webhook() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "node-hook").await;
+    // The webhook as a cluster runs it: the chart's two replicas of the
+    // operator's image on the node, behind its Service, with their own CA.
+    let release = Release::install_with(
+        "aro-hook",
+        &ns.name,
+        &var("ARO_NODE_STS"),
+        &["--set", "webhook.enabled=true"],
+    );
+    let configurations: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "the webhook's CA bundle",
+        || async {
+            let mwc = configurations.get("aro-hook-assumed-role-operator").await.ok()?;
+            let bundle = mwc.webhooks?[0].client_config.ca_bundle.clone()?;
+            (!bundle.0.is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(release.pods().await.len(), 2, "two replicas serve the webhook");
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    apply(&assumed_role(&ns.name, "reader", ""));
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+
+    // What the user writes: a label, an annotation, their image (no shell).
+    let images = tempfile::tempdir().expect("image dir");
+    let image = consumer_image(false, images.path());
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "report",
+            "namespace": ns.name,
+            "labels": {"sts.refresh.dev/inject": "true"},
+            "annotations": {"sts.refresh.dev/assumed-role": "reader"},
+        },
+        "spec": {
+            "dnsPolicy": "Default",
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "report",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "command": ["/consumer", "6", "1"],
+                "env": [
+                    {"name": "AWS_ENDPOINT_URL_STS", "value": var("ARO_NODE_STS")},
+                    {"name": "AWS_REGION", "value": "us-east-1"},
+                ],
+            }],
+        },
+    });
+    apply(&pod.to_string());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let done = wait_for(
+        &pods,
+        "report",
+        Duration::from_secs(120),
+        "the wired pod to finish",
+        |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed")
+        },
+    )
+    .await;
+    let spec = done.spec.as_ref().expect("a spec");
+    let sidecar = &spec.init_containers.as_ref().expect("the injected sidecar")[0];
+    assert_eq!(sidecar.name, "sts-credentials-endpoint");
+    assert_eq!(sidecar.image.as_deref(), Some(operator_image()));
+    let status = container_status(&done, "sts-credentials-endpoint").expect("the sidecar's status");
+    assert_eq!(status.restart_count, 0, "{status:?}");
+    let out = kubectl(&["logs", "report", "-c", "report", "-n", &ns.name], None);
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    let calls: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"ok": false, "error": l})))
+        .collect();
+    assert!(!calls.is_empty(), "no calls: {lines}");
+    for call in &calls {
+        assert_eq!(call["ok"], true, "{call}");
+        let arn = call["arn"].as_str().unwrap_or_default();
+        assert!(
+            arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
+            "{arn}"
+        );
+    }
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded"),
+        "{:?}",
+        done.status
+    );
+    eprintln!(
+        "node: a pod wired by the webhook made {} STS calls as the AssumedRole",
+        calls.len()
+    );
 }
 
 #[tokio::test]
