@@ -722,6 +722,50 @@ async fn a_pod_with_one_label_and_one_annotation_gets_working_credentials_from_t
     apply(&assumed_role(&ns.name, "reader", ""));
     wait_ready(&roles, "reader", "True", "CredentialsReady").await;
 
+    // The example's Deployment: its pods, created by the ReplicaSet
+    // controller (which may send them without a namespace of their own),
+    // are wired alike.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/deployment-injected.yaml"
+    ))
+    .expect("the example");
+    apply(
+        &example
+            .replace("namespace: default", &format!("namespace: {}", ns.name))
+            .replace("billing-reader-aws", "reader")
+            .replace("billing-reader", "reader"),
+    );
+    let example_pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let made = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the example's pods",
+        || async {
+            let list = example_pods
+                .list(&kube::api::ListParams::default().labels("app=report"))
+                .await
+                .ok()?;
+            (list.items.len() == 2).then_some(list.items)
+        },
+    )
+    .await;
+    for pod in made {
+        let spec = pod.spec.expect("a spec");
+        let init = spec.init_containers.expect("the sidecar");
+        assert_eq!(init[0].name, "sts-credentials-endpoint");
+        assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+        let env = spec.containers[0].env.clone().unwrap_or_default();
+        assert!(
+            env.iter().any(|e| e.name == "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            "{env:?}"
+        );
+        assert!(
+            env.iter().any(|e| e.name == "AWS_REGION"),
+            "the pod's own environment stays"
+        );
+    }
+
     // What the user writes: a label, an annotation, their image (no shell).
     let images = tempfile::tempdir().expect("image dir");
     let image = consumer_image(false, images.path());
