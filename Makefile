@@ -59,9 +59,10 @@ faults: cluster ## The fault matrix: every fault of the README's Reliability tab
 	$(CARGO) test --locked --test faults -- --ignored --nocapture
 
 .PHONY: bench
-bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, a restart, and the credentials endpoint
+bench: cluster ## Time and memory for BENCH_N (200) AssumedRoles, a restart, the credentials endpoint and the injection webhook
 	hack/bench.sh
 	hack/bench-endpoint.sh
+	hack/bench-webhook.sh
 
 .PHONY: demo
 demo: prereqs-demo ## Run the operator against a local control plane and watch a Secret refresh

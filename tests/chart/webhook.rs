@@ -750,3 +750,114 @@ fn the_webhook_and_rollouts_render_only_when_on_with_their_rbac_only() {
     );
     assert!(env_of_deployment(&rolling).contains(&("ROLLOUTS".into(), "true".into())));
 }
+
+/// Writes `contents`' serving certificate and key where an issuer such as
+/// cert-manager mounts them: each file replaced whole, as the kubelet does.
+fn write_certificate(dir: &Path, contents: &assumed_role_operator::webhook::tls::Contents) {
+    for (key, file) in [("tls.crt", "tls.crt"), ("tls.key", "tls.key")] {
+        let next = dir.join(format!(".{file}.next"));
+        std::fs::write(&next, &contents.data[key]).expect("write the certificate");
+        std::fs::rename(&next, dir.join(file)).expect("swap the certificate in");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane; run with `make test`"]
+async fn with_another_issuer_the_webhook_serves_its_files_and_follows_their_rotation() {
+    use assumed_role_operator::webhook::tls;
+    let client = client().await;
+    let port = free_port();
+    // What cert-manager would write: a CA, and serving certificates it
+    // renews under that CA.
+    let names = vec!["127.0.0.1".to_string()];
+    let validity = tls::Validity::default();
+    let now = jiff::Timestamp::now();
+    let first = tls::settle(&tls::Contents::default(), &names, &validity, now)
+        .unwrap()
+        .unwrap();
+    let certs = tempfile::tempdir().expect("certificate dir");
+    write_certificate(certs.path(), &first);
+    let name = format!("aro-files-{port}");
+    let mwc = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.sts.refresh.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/mutate"),
+                "caBundle": k8s_openapi::ByteString(first.data["ca.crt"].clone().into_bytes()),
+            },
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "objectSelector": {"matchLabels": {"sts.refresh.dev/inject": "true", "files-test": name}},
+        }],
+    });
+    apply(&mwc.to_string());
+    struct Configuration(String);
+    impl Drop for Configuration {
+        fn drop(&mut self) {
+            let _ = kubectl(
+                &["delete", "mutatingwebhookconfiguration", &self.0, "--ignore-not-found"],
+                None,
+            );
+        }
+    }
+    let _configuration = Configuration(name.clone());
+
+    let ns = TestNamespace::create(&client, "files").await;
+    let address = format!("127.0.0.1:{port}");
+    let cert_dir = certs.path().display().to_string();
+    let operator = Operator::start(
+        &ns.name,
+        &["--webhook-address", &address, "--webhook-cert-dir", &cert_dir],
+        &[],
+    );
+    operator.wait_ready().await;
+    apply(&assumed_role(&ns.name, "reader", ""));
+    let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
+    wait_ready(&roles, "reader", "True", "CredentialsReady").await;
+    let labelled = |n: usize| {
+        let mut p = pod(
+            &format!("p{n}"),
+            true,
+            json!({"sts.refresh.dev/assumed-role": "reader"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}]}),
+        );
+        p["metadata"]["labels"]["files-test"] = json!(name);
+        p
+    };
+    let served = |p: Result<Value, String>| {
+        let p = p.expect("admitted");
+        assert_eq!(p["spec"]["initContainers"][0]["name"], "sts-credentials-endpoint");
+    };
+    served(create_pod(&ns.name, &labelled(0), &[]).0);
+
+    // The issuer renews the serving certificate: the operator serves the new
+    // one (the log says so) and pods keep being admitted.
+    let renewed = tls::apply(
+        &first,
+        &tls::Change::Issue(first.record.as_ref().unwrap().cas[0].id.clone()),
+        &names,
+        &validity,
+        now,
+    )
+    .unwrap();
+    assert_ne!(renewed.data["tls.crt"], first.data["tls.crt"]);
+    write_certificate(certs.path(), &renewed);
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the renewed certificate served",
+        || async { (operator.output().matches("serving a new webhook certificate").count() >= 2).then_some(()) },
+    )
+    .await;
+    served(create_pod(&ns.name, &labelled(1), &[]).0);
+    let log = operator.output();
+    assert!(
+        !log.contains("caBundle"),
+        "the operator left the caBundle to the issuer:\n{log}"
+    );
+}
