@@ -90,6 +90,7 @@ TEARDOWN=the_nodes_teardown_leaves_the_host_as_it_found_it
   # The benchmark at a small size, so that it keeps working (`make bench`
   # runs it at full size by hand).
   BENCH_N=60 BENCH_OTHER_SECRETS=150 BENCH_STEADY=2 hack/bench.sh
+  BENCH_PODS=20 hack/bench-webhook.sh
 ) >"$STATE/node.log" 2>&1 &
 NODE_PID=$!
 cargo test --locked --test demo --test outage -- --ignored --test-threads 1 "$@"
