@@ -234,6 +234,49 @@ fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api
         .find(|c| c.name == name)
 }
 
+/// Waits at most `limit` for the pod `report` to finish; the pod then.
+async fn finished(pods: &Api<Pod>, limit: Duration) -> Pod {
+    wait_for(
+        pods,
+        "report",
+        limit,
+        "the workload pod to finish",
+        |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed")
+        },
+    )
+    .await
+}
+
+/// The consumer's log in the pod `report` of `ns`, and each call it logged
+/// (a line it could not parse counts as a failed call).
+fn consumer_calls(ns: &str) -> (String, Vec<Value>) {
+    let out = kubectl(&["logs", "report", "-c", "report", "-n", ns], None);
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    let calls = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"ok": false, "error": l})))
+        .collect();
+    (lines, calls)
+}
+
+/// Every call succeeded as the session of AssumedRole `reader` of `ns`, and
+/// the pod `done` ended well.
+fn succeeded_as_reader(ns: &str, calls: &[Value], done: &Pod) {
+    for call in calls {
+        assert_eq!(call["ok"], true, "{call}");
+        let arn = call["arn"].as_str().unwrap_or_default();
+        assert!(arn.ends_with(&format!("assumed-role/reader/{ns}.reader")), "{arn}");
+    }
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded"),
+        "{:?}",
+        done.status
+    );
+}
+
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -485,27 +528,12 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
         assert!(sidecar.started == Some(true) && sidecar.ready, "{sidecar:?}");
     }
     let mounted = watch_the_mount(&uid, Instant::now() + Duration::from_secs(u64::from(RUN))).await;
-    let done = wait_for(
-        &pods,
-        "report",
-        Duration::from_secs(90),
-        "the workload pod to finish",
-        |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.phase.as_deref())
-                .is_some_and(|p| p == "Succeeded" || p == "Failed")
-        },
-    )
-    .await;
+    let done = finished(&pods, Duration::from_secs(90)).await;
     watch.abort();
     let written = versions.borrow().clone();
 
     // The consumer: every call succeeded, as the AssumedRole's session.
-    let out = kubectl(&["logs", "report", "-c", "report", "-n", &ns.name], None);
-    let lines = String::from_utf8_lossy(&out.stdout).to_string();
-    let calls: Vec<Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"ok": false, "error": l})))
-        .collect();
+    let (_, calls) = consumer_calls(&ns.name);
     let failed: Vec<&Value> = calls.iter().filter(|c| c["ok"] != true).collect();
     assert!(
         failed.is_empty(),
@@ -515,19 +543,7 @@ async fn an_sdk_in_a_pod_keeps_working_across_rotations(route: Route) {
         failed.first()
     );
     assert!(calls.len() >= 100, "only {} calls in {RUN} s", calls.len());
-    for call in &calls {
-        let arn = call["arn"].as_str().unwrap_or_default();
-        assert!(
-            arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
-            "{arn}"
-        );
-    }
-    assert_eq!(
-        done.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded"),
-        "{:?}",
-        done.status
-    );
+    succeeded_as_reader(&ns.name, &calls, &done);
 
     // What the kubelet wrote: the operator rotated the Secret at least three
     // times while the consumer ran, and each rotation reached the pod.
@@ -795,44 +811,16 @@ async fn a_pod_with_one_label_and_one_annotation_gets_working_credentials_from_t
     });
     apply(&pod.to_string());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let done = wait_for(
-        &pods,
-        "report",
-        Duration::from_secs(120),
-        "the wired pod to finish",
-        |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.phase.as_deref())
-                .is_some_and(|p| p == "Succeeded" || p == "Failed")
-        },
-    )
-    .await;
+    let done = finished(&pods, Duration::from_secs(120)).await;
     let spec = done.spec.as_ref().expect("a spec");
     let sidecar = &spec.init_containers.as_ref().expect("the injected sidecar")[0];
     assert_eq!(sidecar.name, "sts-credentials-endpoint");
     assert_eq!(sidecar.image.as_deref(), Some(operator_image()));
     let status = container_status(&done, "sts-credentials-endpoint").expect("the sidecar's status");
     assert_eq!(status.restart_count, 0, "{status:?}");
-    let out = kubectl(&["logs", "report", "-c", "report", "-n", &ns.name], None);
-    let lines = String::from_utf8_lossy(&out.stdout).to_string();
-    let calls: Vec<Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"ok": false, "error": l})))
-        .collect();
+    let (lines, calls) = consumer_calls(&ns.name);
     assert!(!calls.is_empty(), "no calls: {lines}");
-    for call in &calls {
-        assert_eq!(call["ok"], true, "{call}");
-        let arn = call["arn"].as_str().unwrap_or_default();
-        assert!(
-            arn.ends_with(&format!("assumed-role/reader/{}.reader", ns.name)),
-            "{arn}"
-        );
-    }
-    assert_eq!(
-        done.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded"),
-        "{:?}",
-        done.status
-    );
+    succeeded_as_reader(&ns.name, &calls, &done);
     eprintln!(
         "node: a pod wired by the webhook made {} STS calls as the AssumedRole",
         calls.len()

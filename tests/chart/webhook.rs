@@ -128,6 +128,17 @@ fn pod(name: &str, labelled: bool, annotations: Value, spec: Value) -> Value {
     })
 }
 
+/// A pod `name` of one container, `app`, with `annotations`, labelled for
+/// the webhook or not.
+fn app_pod(name: &str, labelled: bool, annotations: Value) -> Value {
+    pod(
+        name,
+        labelled,
+        annotations,
+        json!({"containers": [{"name": "app", "image": "app:1"}]}),
+    )
+}
+
 fn env_names(container: &Value) -> Vec<String> {
     container["env"]
         .as_array()
@@ -265,12 +276,7 @@ async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
     // Not Ready yet: admitted, with a warning that says so.
     let (created, warnings) = create_pod(
         &ns.name,
-        &pod(
-            "waits",
-            true,
-            json!({"sts.refresh.dev/assumed-role": "paused"}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
-        ),
+        &app_pod("waits", true, json!({"sts.refresh.dev/assumed-role": "paused"})),
         &[],
     );
     created.expect("a pod of an AssumedRole not Ready yet is admitted");
@@ -282,12 +288,7 @@ async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
     // Missing: refused, naming it and the namespace.
     let (refused, _) = create_pod(
         &ns.name,
-        &pod(
-            "ghost",
-            true,
-            json!({"sts.refresh.dev/assumed-role": "ghost"}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
-        ),
+        &app_pod("ghost", true, json!({"sts.refresh.dev/assumed-role": "ghost"})),
         &[],
     );
     let why = refused.expect_err("a pod naming a missing AssumedRole is refused");
@@ -306,12 +307,7 @@ async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
     wait_ready(&other_roles, "reader", "False", "PolicyDenied").await;
     let (refused, _) = create_pod(
         &other.name,
-        &pod(
-            "denied",
-            true,
-            json!({"sts.refresh.dev/assumed-role": "reader"}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
-        ),
+        &app_pod("denied", true, json!({"sts.refresh.dev/assumed-role": "reader"})),
         &[],
     );
     let why = refused.expect_err("a pod of a denied AssumedRole is refused");
@@ -325,12 +321,7 @@ async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
     let before = admissions(&operator).await;
     let (created, _) = create_pod(
         &ns.name,
-        &pod(
-            "plain",
-            false,
-            json!({"sts.refresh.dev/assumed-role": "reader"}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
-        ),
+        &app_pod("plain", false, json!({"sts.refresh.dev/assumed-role": "reader"})),
         &[],
     );
     let created = created.expect("an unlabelled pod is created");
@@ -350,12 +341,7 @@ async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
     operator.stop();
     let (refused, _) = create_pod(
         &ns.name,
-        &pod(
-            "down",
-            true,
-            json!({"sts.refresh.dev/assumed-role": "reader"}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
-        ),
+        &app_pod("down", true, json!({"sts.refresh.dev/assumed-role": "reader"})),
         &[],
     );
     let why = refused.expect_err("a labelled pod is refused while the webhook is down");
@@ -363,16 +349,7 @@ async fn the_webhook_wires_labelled_pods_and_refuses_what_it_cannot_serve() {
         why.contains("failed calling webhook \"inject.sts.refresh.dev\""),
         "{why}"
     );
-    let (created, _) = create_pod(
-        &ns.name,
-        &pod(
-            "down-plain",
-            false,
-            json!({}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
-        ),
-        &[],
-    );
+    let (created, _) = create_pod(&ns.name, &app_pod("down-plain", false, json!({})), &[]);
     created.expect("an unlabelled pod is created while the webhook is down");
 }
 
@@ -426,11 +403,10 @@ async fn two_replicas_share_one_ca_and_rotate_it_without_refusing_a_pod() {
     while started.elapsed() < Duration::from_secs(50) && created < 60 {
         let (pod_created, _) = create_pod(
             &ns.name,
-            &pod(
+            &app_pod(
                 &format!("p{created}"),
                 true,
                 json!({"sts.refresh.dev/assumed-role": "reader"}),
-                json!({"containers": [{"name": "app", "image": "app:1"}]}),
             ),
             &[],
         );
@@ -493,6 +469,21 @@ async fn template_state(api: &Api<k8s_openapi::api::apps::v1::Deployment>, name:
     (d.metadata.generation.unwrap_or_default(), annotation)
 }
 
+/// Waits at most `limit` until the Deployment's pod template carries the
+/// credentials generation `wanted`; the Deployment's generation then.
+async fn wait_rolled(deployments: &Api<k8s_openapi::api::apps::v1::Deployment>, wanted: &str, limit: Duration) -> i64 {
+    poll(
+        limit,
+        Duration::from_millis(200),
+        &format!("the rollout to {wanted}"),
+        || async {
+            let (generation, annotation) = template_state(deployments, "reads-once").await;
+            (annotation.as_deref() == Some(wanted)).then_some(generation)
+        },
+    )
+    .await
+}
+
 /// Changes the AssumedRole's spec (a new set of credentials at once) and
 /// returns the new set's expiration.
 async fn rotate(roles: &Api<AssumedRole>, ns: &str, duration: u32) -> String {
@@ -549,19 +540,7 @@ async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never()
     apply(&assumed_role(&ns.name, "reader", ""));
     let ar = wait_ready(&roles, "reader", "True", "CredentialsReady").await;
     let first = format!("reader={}", ar.status.unwrap().expiration_time.unwrap().0);
-    let generation = poll(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        "the first rollout",
-        || {
-            let (deployments, first) = (deployments.clone(), first.clone());
-            async move {
-                let (generation, annotation) = template_state(&deployments, "reads-once").await;
-                (annotation.as_deref() == Some(first.as_str())).then_some(generation)
-            }
-        },
-    )
-    .await;
+    let generation = wait_rolled(&deployments, &first, Duration::from_secs(30)).await;
     assert_eq!(generation, created_generation + 1);
 
     let mut rolled = 1;
@@ -569,19 +548,7 @@ async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never()
         let expires = rotate(&roles, &ns.name, duration).await;
         let wanted = format!("reader={expires}");
         rolled += 1;
-        let generation = poll(
-            Duration::from_secs(30),
-            Duration::from_millis(200),
-            "the rollout",
-            || {
-                let (deployments, wanted) = (deployments.clone(), wanted.clone());
-                async move {
-                    let (generation, annotation) = template_state(&deployments, "reads-once").await;
-                    (annotation.as_deref() == Some(wanted.as_str())).then_some(generation)
-                }
-            },
-        )
-        .await;
+        let generation = wait_rolled(&deployments, &wanted, Duration::from_secs(30)).await;
         assert_eq!(generation, created_generation + rolled, "one template change per set");
         assert_eq!(
             operator.counter("assumed_role_operator_rollouts_total", None).await,
@@ -604,19 +571,7 @@ async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never()
     restarted.wait_ready().await;
     let expires = rotate(&roles, &ns.name, 3600).await;
     let wanted = format!("reader={expires}");
-    let generation = poll(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        "the rollout after a restart",
-        || {
-            let (deployments, wanted) = (deployments.clone(), wanted.clone());
-            async move {
-                let (generation, annotation) = template_state(&deployments, "reads-once").await;
-                (annotation.as_deref() == Some(wanted.as_str())).then_some(generation)
-            }
-        },
-    )
-    .await;
+    let generation = wait_rolled(&deployments, &wanted, Duration::from_secs(60)).await;
     assert_eq!(generation, created_generation + 4);
     assert_eq!(restarted.counter("assumed_role_operator_rollouts_total", None).await, 1);
     let log = restarted.output();
@@ -820,11 +775,10 @@ async fn with_another_issuer_the_webhook_serves_its_files_and_follows_their_rota
     let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
     wait_ready(&roles, "reader", "True", "CredentialsReady").await;
     let labelled = |n: usize| {
-        let mut p = pod(
+        let mut p = app_pod(
             &format!("p{n}"),
             true,
             json!({"sts.refresh.dev/assumed-role": "reader"}),
-            json!({"containers": [{"name": "app", "image": "app:1"}]}),
         );
         p["metadata"]["labels"]["files-test"] = json!(name);
         p
