@@ -21,6 +21,9 @@ pub struct State {
     /// True once the controller's watches have synced, and, under leader
     /// election, while the process is a healthy standby watching the Lease.
     pub ready: Arc<AtomicBool>,
+    /// Set while the injection webhook has no certificate to serve with:
+    /// the replica is not ready until it has.
+    pub webhook_pending: Arc<AtomicBool>,
 }
 
 /// The admin routes.
@@ -33,7 +36,7 @@ pub fn router(state: State) -> Router {
 }
 
 async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.load(Ordering::Relaxed) && !state.webhook_pending.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")

@@ -319,7 +319,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tx
     });
     let ctx = Arc::new(ctx);
-    let webhook = webhook.map(|settings| tokio::spawn(webhook::serve(settings, ctx.clone(), shutdown.clone())));
+    let webhook = webhook.map(|settings| {
+        state.webhook_pending.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(webhook::serve(
+            settings,
+            ctx.clone(),
+            state.webhook_pending.clone(),
+            shutdown.clone(),
+        ))
+    });
     if args.rollouts {
         tokio::spawn(rollout::run(
             ctx.clone(),

@@ -70,8 +70,13 @@ struct Hook {
 }
 
 /// Serves the webhook until `shutdown` is cancelled. It answers only once a
-/// certificate is loaded.
-pub async fn serve(settings: Settings, ctx: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// certificate is loaded, and clears `pending` then.
+pub async fn serve(
+    settings: Settings,
+    ctx: Arc<Context>,
+    pending: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let resolver = Arc::new(tls::Resolver::default());
     let (loaded_tx, mut loaded) = tokio::sync::watch::channel(false);
     tokio::spawn(keep_certificates(
@@ -97,6 +102,7 @@ pub async fn serve(settings: Settings, ctx: Arc<Context>, shutdown: Cancellation
         .await
         .with_context(|| format!("binding the webhook's address {}", settings.address))?;
     info!(address = %listener.local_addr()?, "serving the injection webhook");
+    pending.store(false, std::sync::atomic::Ordering::Relaxed);
     let hook = Arc::new(Hook {
         ctx,
         sidecar: settings.sidecar,

@@ -602,6 +602,7 @@ fn env_of_deployment(objects: &[Value]) -> Vec<(String, String)> {
 }
 
 #[test]
+#[ignore = "needs helm from hack/cluster.sh; run with `make test`"]
 fn the_webhook_and_rollouts_render_only_when_on_with_their_rbac_only() {
     let off = render(&[]);
     assert!(find(&off, "MutatingWebhookConfiguration").is_empty());
