@@ -19,7 +19,7 @@ build: ## Build the operator
 
 .PHONY: crds
 crds: ## Regenerate crds/ and the chart's copy from the Rust types
-	for crd in assumedroles.sts.refresh.dev assumedrolepolicies.sts.refresh.dev; do \
+	for crd in assumedroles.sts.refresh.dev assumedrolepolicies.sts.refresh.dev clusterassumedroles.sts.refresh.dev; do \
 	  $(CARGO) run --locked --quiet -- crd $$crd > crds/$$crd.yaml && \
 	  cp crds/$$crd.yaml charts/assumed-role-operator/crds/ || exit 1; \
 	done

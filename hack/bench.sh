@@ -79,7 +79,7 @@ AWS_ENDPOINT_URL="http://127.0.0.1:$(head -1 "$STATE/standin.port")"
 export AWS_ENDPOINT_URL
 standin() { curl -sf "$AWS_ENDPOINT_URL/_standin/$1"; }
 kubectl apply -f crds/ >/dev/null
-kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev crd/clusterassumedroles.sts.refresh.dev >/dev/null
 names=()
 floors=()
 for i in $(seq 0 $((NAMESPACES - 1))); do names+=("bench-$i") floors+=("floor-$i"); done

@@ -46,7 +46,7 @@ hack/cluster.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"
 kubectl apply -f crds/
-kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev crd/clusterassumedroles.sts.refresh.dev >/dev/null
 kubectl create namespace assumed-role-operator --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
 "$BIN" run --namespace assumed-role-operator --admin-address 127.0.0.1:0 >"$STATE/logs/operator.log" 2>&1 &

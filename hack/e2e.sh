@@ -52,7 +52,7 @@ export ARO_OPERATOR_RELEASE="$STATE/assumed-role-operator-release"
 # First the operator on a control plane without the CRD; the test installs it.
 cargo test --locked --test startup -- --ignored "$@"
 kubectl apply -f crds/ >/dev/null
-kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev crd/clusterassumedroles.sts.refresh.dev >/dev/null
 # The tests each run their own operator in a namespace of their own, so they
 # can run side by side.
 MATRIX=sdk::six_sdks_started_once_keep_working_across_rotations_through_both_routes
@@ -82,7 +82,7 @@ TEARDOWN=the_nodes_teardown_leaves_the_host_as_it_found_it
     # shellcheck disable=SC1091
     source "$NODE_STATE/env"
     kubectl apply -f crds/ >/dev/null
-    kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev >/dev/null
+    kubectl wait --for condition=established --timeout=60s crd/assumedroles.sts.refresh.dev crd/assumedrolepolicies.sts.refresh.dev crd/clusterassumedroles.sts.refresh.dev >/dev/null
     cargo test --locked --test node -- --ignored --skip "$TEARDOWN" --test-threads 3 --nocapture "$@"
   )
   hack/cluster.sh down "$NODE_STATE"

@@ -23,6 +23,7 @@ pub mod controller;
 pub mod credentials;
 pub mod endpoint;
 pub mod events;
+pub mod fanout;
 #[cfg(test)]
 pub mod fixtures;
 pub mod hmac_key;

@@ -33,8 +33,9 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
-    /// Print the CustomResourceDefinitions as YAML: both, or the one named
-    /// (`assumedroles.sts.refresh.dev`, `assumedrolepolicies.sts.refresh.dev`).
+    /// Print the CustomResourceDefinitions as YAML: all, or the one named
+    /// (`assumedroles.sts.refresh.dev`, `assumedrolepolicies.sts.refresh.dev`,
+    /// `clusterassumedroles.sts.refresh.dev`).
     Crd {
         /// The CRD's name; all when absent.
         name: Option<String>,
@@ -178,6 +179,10 @@ struct RunArgs {
     /// Rollouts that may start at once before the rate applies.
     #[arg(long, env = "ROLLOUT_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     rollout_burst: u32,
+    /// Keep one AssumedRole per namespace that each ClusterAssumedRole
+    /// selects, in step with its template.
+    #[arg(long, env = "CLUSTER_ASSUMED_ROLES", default_value_t = false)]
+    cluster_assumed_roles: bool,
     /// Testing only: seconds the webhook's CA is valid.
     #[arg(long, hide = true, env = "WEBHOOK_CA_VALIDITY_SECONDS")]
     webhook_ca_validity_seconds: Option<u64>,
@@ -214,7 +219,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { name } => {
-            let crds = [AssumedRole::crd(), AssumedRolePolicy::crd()];
+            let crds = [
+                AssumedRole::crd(),
+                AssumedRolePolicy::crd(),
+                assumed_role_operator::fanout::ClusterAssumedRole::crd(),
+            ];
             let chosen: Vec<_> = crds
                 .iter()
                 .filter(|c| name.as_deref().is_none_or(|n| c.metadata.name.as_deref() == Some(n)))
@@ -328,6 +337,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ))
     });
+    if args.cluster_assumed_roles {
+        tokio::spawn(assumed_role_operator::fanout::run(
+            ctx.clone(),
+            args.watch_namespaces.clone(),
+            shutdown.clone(),
+        ));
+    }
     if args.rollouts {
         tokio::spawn(rollout::run(
             ctx.clone(),

@@ -134,19 +134,19 @@ pub enum Verdict {
     Denied(String),
 }
 
-/// Whether a policy covers the namespace `name` with `labels`.
-fn covers(policy: &AssumedRolePolicySpec, name: &str, labels: &BTreeMap<String, String>) -> bool {
-    let selection = &policy.namespaces;
-    if selection.names.iter().any(|n| n == name) {
-        return true;
+impl NamespaceSelection {
+    /// Whether it selects the namespace `name` with `labels`: by name, or by
+    /// its selector. A selector that cannot be parsed (the API server checks
+    /// none of it for a custom resource) selects nothing.
+    pub fn covers(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if self.names.iter().any(|n| n == name) {
+            return true;
+        }
+        self.selector
+            .clone()
+            .and_then(|s| Selector::try_from(s).ok())
+            .is_some_and(|s| s.matches(labels))
     }
-    // A selector that cannot be parsed (the API server checks none of it
-    // for a custom resource) covers nothing.
-    selection
-        .selector
-        .clone()
-        .and_then(|s| Selector::try_from(s).ok())
-        .is_some_and(|s| s.matches(labels))
 }
 
 /// Whether the role ARN pattern `pattern` matches `arn`: partition,
@@ -245,7 +245,7 @@ pub fn evaluate<'p>(
     let mut closest: Option<String> = None;
     for policy in policies {
         let spec = &policy.spec;
-        if spec.validate().is_err() || !covers(spec, ask.namespace, labels) {
+        if spec.validate().is_err() || !spec.namespaces.covers(ask.namespace, labels) {
             continue;
         }
         let name = policy.metadata.name.clone().unwrap_or_default();

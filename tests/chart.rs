@@ -20,6 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use support::*;
 
+#[path = "chart/fanout.rs"]
+mod fanout;
 #[path = "chart/webhook.rs"]
 mod webhook;
 

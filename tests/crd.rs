@@ -7,7 +7,11 @@ use std::process::Command;
 
 #[test]
 fn committed_crds_match_the_generated_ones() {
-    for name in ["assumedroles.sts.refresh.dev", "assumedrolepolicies.sts.refresh.dev"] {
+    for name in [
+        "assumedroles.sts.refresh.dev",
+        "assumedrolepolicies.sts.refresh.dev",
+        "clusterassumedroles.sts.refresh.dev",
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"))
             .args(["crd", name])
             .output()
@@ -26,13 +30,13 @@ fn committed_crds_match_the_generated_ones() {
 }
 
 #[test]
-fn crd_without_a_name_prints_both_and_an_unknown_name_fails() {
+fn crd_without_a_name_prints_all_and_an_unknown_name_fails() {
     let out = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"))
         .arg("crd")
         .output()
         .expect("run crd");
     let all = String::from_utf8(out.stdout).expect("UTF-8");
-    assert_eq!(all.matches("kind: CustomResourceDefinition").count(), 2, "{all}");
+    assert_eq!(all.matches("kind: CustomResourceDefinition").count(), 3, "{all}");
     let out = Command::new(env!("CARGO_BIN_EXE_assumed-role-operator"))
         .args(["crd", "nothing.example.com"])
         .output()

@@ -74,6 +74,21 @@ impl Grants {
             .map(|ns| ns.labels().clone())
     }
 
+    /// Every namespace that is not being deleted, with its labels.
+    pub fn namespaces(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.namespaces
+            .state()
+            .iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .map(|ns| (ns.name_any(), ns.labels().clone()))
+            .collect()
+    }
+
+    /// Tells of each change of a policy or of a namespace's labels.
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changed.subscribe()
+    }
+
     /// Waits until both caches hold a first full list: until then every
     /// AssumedRole would look denied. Any number of tasks may wait.
     pub async fn ready(&self) {

@@ -49,6 +49,13 @@ app.kubernetes.io/part-of: assumed-role-operator
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.clusterAssumedRoles.enabled }}
+# ClusterAssumedRoles: the AssumedRoles each one keeps in the namespaces it
+# selects.
+- apiGroups: [sts.refresh.dev]
+  resources: [assumedroles]
+  verbs: [create, patch, delete]
+{{- end }}
 {{- if .Values.rollouts.enabled }}
 # Rollouts for new credentials: workloads watched by metadata, and one pod
 # template annotation patched.
