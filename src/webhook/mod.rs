@@ -402,11 +402,13 @@ fn write_contents(name: &str, namespace: &str, contents: &tls::Contents) -> anyh
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
+            // Not the label of the credentials Secrets: to the AssumedRoles'
+            // watches this is someone else's Secret, whose name none may take.
             labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "assumed-role-operator".to_string(),
-                )]
+                [
+                    ("app.kubernetes.io/part-of".to_string(), "assumed-role-operator".to_string()),
+                    ("app.kubernetes.io/component".to_string(), "webhook".to_string()),
+                ]
                 .into(),
             ),
             annotations: Some([(tls::RECORD_ANNOTATION.to_string(), record)].into()),
