@@ -59,6 +59,8 @@ const QUALIFIED_NAME_PATTERN: &str =
     r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
 const KEY_PREFIX_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[^/]*$";
 const KEY_PREFIX_LENGTH_PATTERN: &str = r"^([^/]{1,253}/)?[^/]*$";
+/// An AWS region: `eu-west-1`, `us-gov-west-1`, `cn-north-1`, ...
+const REGION_PATTERN: &str = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$";
 const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 /// The API server's limit on the size of all annotations of an object, keys
@@ -88,6 +90,7 @@ pub const RESERVED_PREFIX: &str = "sts.refresh.dev/";
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expirationTime"}"#,
     printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.refreshTime"}"#,
+    printcolumn = r#"{"name":"Pull Secret","type":"string","priority":1,"jsonPath":".status.imagePullSecret.reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("spec.refreshBefore and spec.refreshBeforePercentage are mutually exclusive: set one of them"))]
@@ -174,6 +177,12 @@ pub struct AssumedRoleSpec {
     /// Where the credentials are written.
     #[serde(default)]
     pub secret: SecretTarget,
+
+    /// Also write an image pull Secret (`kubernetes.io/dockerconfigjson`)
+    /// for these private ECR registries, from an authorization token that
+    /// the assumed role's credentials get from ECR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<Box<ImagePullSecret>>,
 
     /// Stop refreshing. The Secret is left as it is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -381,6 +390,45 @@ impl SourceSecretRef {
     }
 }
 
+/// The image pull Secret an AssumedRole writes for private ECR registries.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePullSecret {
+    /// The Secret's name, in the AssumedRole's namespace; not the name of
+    /// its credentials Secret.
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{DNS_SUBDOMAIN_PATTERN}') && size(self) <= 253")).message("spec.imagePullSecret.name must be a Secret name (lower-case DNS subdomain)"))]
+    pub name: String,
+    /// The registries: an account and a region each, such as
+    /// `{account: "123456789012", region: eu-west-1}` for
+    /// `123456789012.dkr.ecr.eu-west-1.amazonaws.com`.
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && size(self) <= 20").message("spec.imagePullSecret.registries must list 1 to 20 registries"))]
+    pub registries: Vec<EcrRegistry>,
+}
+
+/// One private ECR registry.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct EcrRegistry {
+    /// The registry's AWS account: 12 digits.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]{12}$')").message("spec.imagePullSecret.registries[].account must be an AWS account ID of 12 digits"))]
+    pub account: String,
+    /// Its region, such as `eu-west-1`.
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{REGION_PATTERN}')")).message("spec.imagePullSecret.registries[].region must be an AWS region such as eu-west-1"))]
+    pub region: String,
+}
+
+impl EcrRegistry {
+    /// The registry's host name: what `docker login` and the kubelet use.
+    pub fn host(&self) -> String {
+        let suffix = if self.region.starts_with("cn-") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
+        format!("{}.dkr.ecr.{}.{suffix}", self.account, self.region)
+    }
+}
+
 /// The Secret that receives the credentials.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -461,6 +509,39 @@ pub struct AssumedRoleStatus {
     /// The generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The image pull Secret (`spec.imagePullSecret`): whether it holds
+    /// unexpired ECR tokens, when they expire and are refreshed, and what
+    /// failed last. Written apart from the rest of the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<Box<ImagePullSecretStatus>>,
+}
+
+/// The state of an AssumedRole's image pull Secret.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePullSecretStatus {
+    /// `True` while the Secret holds tokens that have not expired.
+    pub ready: String,
+    /// `TokenReady`, or what failed last: `ECRAccessDenied`, `ECRThrottled`,
+    /// `ECRUnavailable`, `SecretConflict`, `InvalidSpec`, ...
+    pub reason: String,
+    /// In words.
+    pub message: String,
+    /// When the first of its tokens expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<Time>,
+    /// When the next tokens are due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_time: Option<Time>,
+    /// When its tokens were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+    /// Failures since the last success.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    /// When the last failure happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
 }
 
 /// `pattern` inside a single-quoted CEL string literal: CEL reads `\\` as

@@ -21,6 +21,7 @@ pub mod budget;
 pub mod clock;
 pub mod controller;
 pub mod credentials;
+pub mod ecr;
 pub mod endpoint;
 pub mod events;
 pub mod fanout;

@@ -304,6 +304,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let sts = Arc::new(AwsSts::from_env().await);
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
+    ctx.ecr = Some(Arc::new(assumed_role_operator::ecr::call::AwsEcr::from_env().await));
     ctx.session_tags = args.session_tags;
     ctx.clock = clock;
     ctx.test_pauses = controller::TestPauses {

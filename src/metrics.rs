@@ -155,6 +155,10 @@ pub struct Metrics {
     pub admission_duration: Histogram,
     /// Workloads rolled out for new credentials, by kind.
     pub rollouts: Family<ResultLabels, Counter>,
+    /// ECR GetAuthorizationToken calls, by result.
+    pub ecr_calls: Family<ResultLabels, Counter>,
+    /// ECR call duration in seconds, by result.
+    pub ecr_duration: Family<ResultLabels, Histogram>,
     /// The length of the last rendering: the next starts with that much
     /// room, so that the text (about 370 bytes per AssumedRole) is not
     /// copied again and again as it grows.
@@ -235,6 +239,20 @@ impl Default for Metrics {
             "How long the injection webhook took to answer an admission",
             admission_duration.clone(),
         );
+        let ecr_calls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ecr_authorization_token_calls",
+            "ECR GetAuthorizationToken calls, by result",
+            ecr_calls.clone(),
+        );
+        let ecr_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "ecr_call_duration_seconds",
+            "ECR GetAuthorizationToken call duration, by result",
+            ecr_duration.clone(),
+        );
         let rollouts = Family::<ResultLabels, Counter>::default();
         registry.register(
             "rollouts",
@@ -249,6 +267,8 @@ impl Default for Metrics {
             admissions,
             admission_duration,
             rollouts,
+            ecr_calls,
+            ecr_duration,
             clock_offset,
             assumed_roles,
             sts_budget_rate,
@@ -289,6 +309,14 @@ impl Metrics {
     pub fn admission(&self, result: &'static str, took: std::time::Duration) {
         self.admissions.get_or_create(&ResultLabels { result }).inc();
         self.admission_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one ECR call and how long it took.
+    pub fn ecr_call(&self, result: &'static str, took: std::time::Duration) {
+        self.ecr_calls.get_or_create(&ResultLabels { result }).inc();
+        self.ecr_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one rollout of a workload of `kind`.

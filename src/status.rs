@@ -125,6 +125,8 @@ pub fn next(
                 assumed_role_arn: held.assumed_role_arn.clone(),
                 source_identity: held.source_identity.clone(),
                 observed_generation: generation,
+                // Written apart (by the image pull Secret's step): kept as is.
+                image_pull_secret: old.image_pull_secret.clone(),
             }
         }
         Report::Failed {

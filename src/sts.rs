@@ -271,7 +271,7 @@ impl Sts for AwsSts {
 
 /// Sorts an SDK error by its code. The messages STS returns never carry
 /// credentials; the SDK's own errors are reduced to their kind and code.
-fn classify<E>(err: SdkError<E, HttpResponse>) -> StsError
+pub(crate) fn classify<E>(err: SdkError<E, HttpResponse>) -> StsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

@@ -699,10 +699,14 @@ async fn patch_status(
         return Ok(());
     }
     let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &target.namespace);
+    // `status.imagePullSecret` has a writer of its own (its own field
+    // manager): this apply leaves it out, and so leaves it alone.
+    let mut applied = status;
+    applied.image_pull_secret = None;
     let patch = json!({
         "apiVersion": AssumedRole::api_version(&()),
         "kind": AssumedRole::kind(&()),
-        "status": status,
+        "status": applied,
     });
     bounded(api.patch_status(
         &target.name,

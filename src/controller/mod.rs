@@ -51,6 +51,8 @@ pub struct Context {
     pub client: Client,
     /// The STS client.
     pub sts: Arc<dyn Sts>,
+    /// The ECR client, for image pull Secrets; none: they are not written.
+    pub ecr: Option<Arc<dyn crate::ecr::call::Ecr>>,
     /// Publishes Events.
     pub events: EventPublisher,
     /// Key of the data HMAC.
@@ -138,6 +140,7 @@ impl Context {
             events: EventPublisher::new(client.clone(), instance),
             client,
             sts,
+            ecr: None,
             hmac_key,
             metrics,
             memory: Memory::default(),
@@ -326,6 +329,19 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconcile(reason.category());
     let target = target?;
+    // The image pull Secret, when the spec asks for one (or a status of one
+    // is left to clear): after the credentials, with them.
+    let asks = ar.spec.image_pull_secret.is_some() || ar.status.as_ref().is_some_and(|s| s.image_pull_secret.is_some());
+    let next = match asks {
+        true => match crate::ecr::step::run(&ar, &ctx, ctx.clock.now()).await {
+            Some(due) => match next {
+                Next::Change => Next::At(due),
+                Next::At(at) => Next::At(at.min(due)),
+            },
+            None => next,
+        },
+        false => next,
+    };
     let at = match next {
         Next::Change => None,
         Next::At(at) => {

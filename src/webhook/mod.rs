@@ -406,7 +406,10 @@ fn write_contents(name: &str, namespace: &str, contents: &tls::Contents) -> anyh
             // watches this is someone else's Secret, whose name none may take.
             labels: Some(
                 [
-                    ("app.kubernetes.io/part-of".to_string(), "assumed-role-operator".to_string()),
+                    (
+                        "app.kubernetes.io/part-of".to_string(),
+                        "assumed-role-operator".to_string(),
+                    ),
                     ("app.kubernetes.io/component".to_string(), "webhook".to_string()),
                 ]
                 .into(),

@@ -9,6 +9,7 @@ mod attribution;
 mod basic;
 mod budget;
 mod catalogue;
+mod ecr;
 mod failures;
 mod handover;
 mod image;

@@ -859,6 +859,20 @@ impl StandIn {
         self.control(&format!("throttle?seconds={seconds}")).await;
     }
 
+    /// Makes the ECR tokens given from now on expire `seconds` after they
+    /// are given (0: moto's 12 hours).
+    #[allow(dead_code)]
+    pub async fn ecr_lifetime(&self, seconds: u32) {
+        self.control(&format!("ecr_lifetime?seconds={seconds}")).await;
+    }
+
+    /// Answers every ECR GetAuthorizationToken of the next `seconds` with
+    /// 503.
+    #[allow(dead_code)]
+    pub async fn ecr_down(&self, seconds: u32) {
+        self.control(&format!("ecr_down?seconds={seconds}")).await;
+    }
+
     /// Answers every AssumeRole of the next `seconds` with 503 (used by the
     /// fault matrix).
     #[allow(dead_code)]

@@ -29,6 +29,12 @@ makes each AssumeRole of the next N seconds take S seconds (the report's
 every AssumeRole answer that expiration (but at least 7 minutes) while it is
 in the future (0 stops it), so that all the credentials minted meanwhile fall
 due together, as in a refresh wave.
+
+ECR's GetAuthorizationToken goes on to moto like any other request (signed
+with a key this stand-in issued); /_standin/ecr_lifetime?seconds=N makes its
+tokens expire N seconds after now (0: moto's own 12 hours), and
+/_standin/ecr_down?seconds=N answers it, for the next N seconds, with 503
+ServerException. The report's `ecr` counts the tokens given.
 """
 
 import datetime
@@ -60,6 +66,9 @@ DOWN_UNTIL = [0.0]  # while now < this, every AssumeRole is answered 503
 SLOW = [0.0, 0.0]  # [until, seconds]: while now < until, each AssumeRole waits that long
 INFLIGHT = [0]  # AssumeRole calls being answered
 EXPIRE_AT = [0]  # while in the future, the expiration of every AssumeRole answer
+ECR_LIFETIME = [0]  # seconds an ECR token lasts; 0: as moto says
+ECR_DOWN_UNTIL = [0.0]  # while now < this, GetAuthorizationToken is answered 503
+ECR_TOKENS = [0]  # tokens given
 SESSIONS = []  # {action, role, session, tags, duration, signer, token} of each AssumeRole*, as asked
 
 
@@ -108,6 +117,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 EXPIRE_AT[0] = int(self.path.split("=", 1)[1])
             self.reply(200, "", "text/plain")
             return
+        if self.path.startswith("/_standin/ecr_lifetime?seconds="):
+            with LOCK:
+                ECR_LIFETIME[0] = int(self.path.split("=", 1)[1])
+            self.reply(200, "", "text/plain")
+            return
+        if self.path.startswith("/_standin/ecr_down?seconds="):
+            with LOCK:
+                ECR_DOWN_UNTIL[0] = time.time() + float(self.path.split("=", 1)[1])
+            self.reply(200, "", "text/plain")
+            return
         if self.path != "/_standin/report":
             self.reply(404, "")
             return
@@ -120,6 +139,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "rejected": REJECTED,
                 "sessions": SESSIONS,
                 "inflight": INFLIGHT[0],
+                "ecr": ECR_TOKENS[0],
             }
             self.reply(200, json.dumps(report), "application/json")
 
@@ -166,7 +186,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "</Error><RequestId>standin</RequestId></ErrorResponse>",
             )
             return
+        if self.headers.get("X-Amz-Target", "").endswith(".GetAuthorizationToken"):
+            self.ecr_token(body)
+            return
         self.reply(*self.forward(body))
+
+    def ecr_token(self, body):
+        if time.time() < ECR_DOWN_UNTIL[0]:
+            self.reply(
+                503,
+                json.dumps({"__type": "ServerException", "message": "ECR is down (stand-in)"}),
+                "application/x-amz-json-1.1",
+            )
+            return
+        status, answer, content_type = self.forward(body)
+        if status == 200:
+            data = json.loads(answer)
+            with LOCK:
+                lifetime = ECR_LIFETIME[0]
+                ECR_TOKENS[0] += 1
+            if lifetime:
+                for item in data.get("authorizationData", []):
+                    item["expiresAt"] = time.time() + lifetime
+            answer = json.dumps(data).encode()
+        self.reply(status, answer, content_type)
 
     def assume_role(self, body, action):
         params = urllib.parse.parse_qs(body.decode(errors="replace"))
