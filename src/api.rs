@@ -396,12 +396,13 @@ impl SourceSecretRef {
 pub struct ImagePullSecret {
     /// The Secret's name, in the AssumedRole's namespace; not the name of
     /// its credentials Secret.
-    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{DNS_SUBDOMAIN_PATTERN}') && size(self) <= 253")).message("spec.imagePullSecret.name must be a Secret name (lower-case DNS subdomain)"))]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{}')", cel_string(DNS_SUBDOMAIN_PATTERN))).message("spec.imagePullSecret.name must be a Secret name (lower-case DNS subdomain)"))]
     pub name: String,
     /// The registries: an account and a region each, such as
     /// `{account: "123456789012", region: eu-west-1}` for
     /// `123456789012.dkr.ecr.eu-west-1.amazonaws.com`.
-    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && size(self) <= 20").message("spec.imagePullSecret.registries must list 1 to 20 registries"))]
+    #[schemars(length(min = 1, max = 20))]
     pub registries: Vec<EcrRegistry>,
 }
 
@@ -410,9 +411,11 @@ pub struct ImagePullSecret {
 #[serde(rename_all = "camelCase")]
 pub struct EcrRegistry {
     /// The registry's AWS account: 12 digits.
+    #[schemars(length(max = 12))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]{12}$')").message("spec.imagePullSecret.registries[].account must be an AWS account ID of 12 digits"))]
     pub account: String,
     /// Its region, such as `eu-west-1`.
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new(format!("self.matches('{REGION_PATTERN}')")).message("spec.imagePullSecret.registries[].region must be an AWS region such as eu-west-1"))]
     pub region: String,
 }

@@ -80,7 +80,8 @@ pub struct TemplateMetadata {
     /// The AssumedRole's name in each namespace; the ClusterAssumedRole's
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(self) <= 253").message("spec.template.metadata.name must be an object name (lower-case DNS subdomain)"))]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("spec.template.metadata.name must be an object name (lower-case DNS subdomain)"))]
     pub name: Option<String>,
     /// Labels of each AssumedRole.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
