@@ -174,8 +174,13 @@ pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>, shutdown: Cancellat
         scopes: namespaces,
     });
     ctx.grants.ready().await;
+    // An AssumedRole wakes the ClusterAssumedRole its label names: by name
+    // alone, as it is cluster-scoped (mapping by owner reference would give
+    // it the AssumedRole's namespace, one reconcile per namespace).
     Controller::new(api, watcher::Config::default().any_semantic())
-        .owns_stream(owned)
+        .watches_stream(owned, |ar: AssumedRole| {
+            ar.labels().get(OWNER_LABEL).map(|name| ObjectRef::<ClusterAssumedRole>::new(name))
+        })
         .reconcile_all_on(changes)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, state)
