@@ -179,7 +179,9 @@ pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>, shutdown: Cancellat
     // it the AssumedRole's namespace, one reconcile per namespace).
     Controller::new(api, watcher::Config::default().any_semantic())
         .watches_stream(owned, |ar: AssumedRole| {
-            ar.labels().get(OWNER_LABEL).map(|name| ObjectRef::<ClusterAssumedRole>::new(name))
+            ar.labels()
+                .get(OWNER_LABEL)
+                .map(|name| ObjectRef::<ClusterAssumedRole>::new(name))
         })
         .reconcile_all_on(changes)
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -116,6 +116,30 @@ async fn an_image_pull_secret_holds_each_registrys_pair_refreshes_before_expiry_
     .await;
     let expires = ar.status.unwrap().image_pull_secret.unwrap().expiration_time.unwrap().0;
 
+    // A Secret of that name that is someone else's is never written.
+    apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: theirs, namespace: {ns}}}\nstringData: {{note: mine}}\n"
+    ));
+    apply(&assumed_role(
+        &ns,
+        "other",
+        &registries(&first[..1]).replace("name: puller-ecr", "name: theirs"),
+    ));
+    wait_for(
+        &scene.roles,
+        "other",
+        Duration::from_secs(30),
+        "the conflict in status",
+        |a: Option<&assumed_role_operator::api::AssumedRole>| {
+            a.and_then(pull_status)
+                .is_some_and(|(_, reason)| reason == "SecretConflict")
+        },
+    )
+    .await;
+    let theirs = scene.secrets.get("theirs").await.expect("their Secret");
+    assert!(theirs.metadata.owner_references.is_none() && theirs.type_.as_deref() == Some("Opaque"));
+    assert_eq!(data(&theirs).get("note").map(String::as_str), Some("mine"));
+
     // ECR goes down; a new registry makes a token due at once: the attempt
     // fails, says so, and the Secret is left as it was.
     standin.ecr_down(600).await;
