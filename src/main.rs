@@ -302,9 +302,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(hmac_key) = hmac_key_when_reachable(&client, &args.namespace, &shutdown).await? else {
         return Ok(());
     };
-    let sts = Arc::new(AwsSts::from_env().await);
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sts = Arc::new(AwsSts::from_config(&aws));
     let mut ctx = Context::new(client, sts, hmac_key, state.metrics.clone(), args.pod_name.clone());
-    ctx.ecr = Some(Arc::new(assumed_role_operator::ecr::call::AwsEcr::from_env().await));
+    ctx.ecr = Some(Arc::new(assumed_role_operator::ecr::call::AwsEcr::from_config(aws)));
     ctx.session_tags = args.session_tags;
     ctx.clock = clock;
     ctx.test_pauses = controller::TestPauses {

@@ -116,9 +116,14 @@ pub struct AwsSts {
 impl AwsSts {
     /// Builds a client from the standard AWS settings of the environment.
     pub async fn from_env() -> Self {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::from_config(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+    }
+
+    /// Builds a client from loaded AWS settings (shared with the ECR
+    /// client: one HTTP client and one set of root certificates).
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         Self {
-            client: aws_sdk_sts::Client::new(&config),
+            client: aws_sdk_sts::Client::new(config),
         }
     }
 

@@ -31,11 +31,9 @@ pub struct AwsEcr {
 }
 
 impl AwsEcr {
-    /// Reads the AWS settings of the environment.
-    pub async fn from_env() -> Self {
-        Self {
-            config: aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-        }
+    /// A client with loaded AWS settings (shared with the STS client).
+    pub fn from_config(config: aws_config::SdkConfig) -> Self {
+        Self { config }
     }
 }
 
