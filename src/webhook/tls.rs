@@ -378,11 +378,6 @@ impl Resolver {
             *current = Some(std::sync::Arc::new(key));
         }
     }
-
-    /// Whether a certificate is loaded.
-    pub fn loaded(&self) -> bool {
-        self.current.read().is_ok_and(|c| c.is_some())
-    }
 }
 
 impl rustls::server::ResolvesServerCert for Resolver {

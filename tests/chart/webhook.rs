@@ -373,7 +373,7 @@ async fn two_replicas_share_one_ca_and_rotate_it_without_refusing_a_pod() {
     let other_address = format!("127.0.0.1:{other_port}");
     let mut second: Vec<(&str, &str)> = lives.to_vec();
     second.push(("POD_NAME", "aro-rotate-1"));
-    let _standby = release.operator_with(
+    let standby = release.operator_with(
         &service_account(&release),
         dir.path(),
         &[
@@ -434,7 +434,7 @@ async fn two_replicas_share_one_ca_and_rotate_it_without_refusing_a_pod() {
     // Still one CA set for both replicas: the bundle published is the Secret's.
     let settled = wait_published(&client, &release).await;
     assert_ne!(settled, first_bundle, "the CA was rotated");
-    for log in [serving.output(), _standby.output()] {
+    for log in [serving.output(), standby.output()] {
         assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
     }
 }
