@@ -439,49 +439,64 @@ async fn two_replicas_share_one_ca_and_rotate_it_without_refusing_a_pod() {
     }
 }
 
-/// A Deployment `name` in `ns` (its pods never run: there is no node), with
-/// `annotations` on the Deployment.
-fn deployment(ns: &str, name: &str, annotations: Value) -> String {
+/// The kinds of workload that rollouts restart.
+const WORKLOADS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
+
+/// A workload of `kind` named `name` in `ns` (its pods never run: there is
+/// no node), with `annotations` on it.
+fn workload(kind: &str, ns: &str, name: &str, annotations: Value) -> String {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        },
+    });
+    if kind == "StatefulSet" {
+        spec["serviceName"] = json!(name);
+    }
     json!({
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": kind,
         "metadata": {"name": name, "namespace": ns, "annotations": annotations},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-            },
-        },
+        "spec": spec,
     })
     .to_string()
 }
 
-/// The Deployment's generation and its pod template's credentials annotation.
-async fn template_state(api: &Api<k8s_openapi::api::apps::v1::Deployment>, name: &str) -> (i64, Option<String>) {
-    let d = api.get(name).await.expect("the Deployment");
-    let annotation = d
-        .spec
-        .and_then(|s| s.template.metadata)
-        .and_then(|m| m.annotations)
-        .and_then(|a| a.get("sts.refresh.dev/credentials-generation").cloned());
-    (d.metadata.generation.unwrap_or_default(), annotation)
+/// The workload's generation and its pod template's credentials annotation.
+async fn template_state(client: &kube::Client, ns: &str, kind: &str, name: &str) -> (i64, Option<String>) {
+    let resource = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk("apps", "v1", kind));
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let workload = api.get(name).await.unwrap_or_else(|e| panic!("the {kind} {name}: {e}"));
+    let annotation =
+        workload.data["spec"]["template"]["metadata"]["annotations"]["sts.refresh.dev/credentials-generation"]
+            .as_str()
+            .map(str::to_owned);
+    (workload.metadata.generation.unwrap_or_default(), annotation)
 }
 
-/// Waits at most `limit` until the Deployment's pod template carries the
-/// credentials generation `wanted`; the Deployment's generation then.
-async fn wait_rolled(deployments: &Api<k8s_openapi::api::apps::v1::Deployment>, wanted: &str, limit: Duration) -> i64 {
-    poll(
-        limit,
-        Duration::from_millis(200),
-        &format!("the rollout to {wanted}"),
-        || async {
-            let (generation, annotation) = template_state(deployments, "reads-once").await;
-            (annotation.as_deref() == Some(wanted)).then_some(generation)
-        },
-    )
-    .await
+/// Waits at most `limit` until the pod template of every kind's `reads-once`
+/// carries the credentials generation `wanted`, and checks that each
+/// changed `rolled` times since `created` (its generation when created).
+async fn wait_all_rolled(client: &kube::Client, ns: &str, created: &BTreeMap<&str, i64>, wanted: &str, rolled: i64) {
+    for kind in WORKLOADS {
+        let generation = poll(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            &format!("the {kind}'s rollout to {wanted}"),
+            || async {
+                let (generation, annotation) = template_state(client, ns, kind, "reads-once").await;
+                (annotation.as_deref() == Some(wanted)).then_some(generation)
+            },
+        )
+        .await;
+        assert_eq!(
+            generation,
+            created[kind] + rolled,
+            "{kind}: one template change per set"
+        );
+    }
 }
 
 /// Changes the AssumedRole's spec (a new set of credentials at once) and
@@ -526,43 +541,62 @@ async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never()
     operator.wait_ready().await;
     let ns = TestNamespace::create(&client, "roll").await;
     let roles: Api<AssumedRole> = Api::namespaced(client.clone(), &ns.name);
-    // Created before its AssumedRole: its pods started without credentials,
-    // and the first set rolls them out too.
-    apply(&deployment(
-        &ns.name,
-        "reads-once",
-        json!({"sts.refresh.dev/restart-on-refresh": "reader"}),
-    ));
-    apply(&deployment(&ns.name, "plain", json!({})));
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let (created_generation, none) = template_state(&deployments, "reads-once").await;
-    assert_eq!(none, None);
+    // Created before their AssumedRole: their pods started without
+    // credentials, and the first set rolls them out too.
+    let mut created = BTreeMap::new();
+    for kind in WORKLOADS {
+        apply(&workload(
+            kind,
+            &ns.name,
+            "reads-once",
+            json!({"sts.refresh.dev/restart-on-refresh": "reader"}),
+        ));
+        apply(&workload(kind, &ns.name, "plain", json!({})));
+        let (generation, none) = template_state(&client, &ns.name, kind, "reads-once").await;
+        assert_eq!(none, None, "{kind}");
+        created.insert(kind, generation);
+    }
     apply(&assumed_role(&ns.name, "reader", ""));
     let ar = wait_ready(&roles, "reader", "True", "CredentialsReady").await;
     let first = format!("reader={}", ar.status.unwrap().expiration_time.unwrap().0);
-    let generation = wait_rolled(&deployments, &first, Duration::from_secs(30)).await;
-    assert_eq!(generation, created_generation + 1);
+    wait_all_rolled(&client, &ns.name, &created, &first, 1).await;
 
-    let mut rolled = 1;
-    for duration in [1800, 2700] {
+    let rollouts = |kind: &str| format!("result=\"{kind}\"");
+    for (rolled, duration) in [(2, 1800), (3, 2700)] {
         let expires = rotate(&roles, &ns.name, duration).await;
-        let wanted = format!("reader={expires}");
-        rolled += 1;
-        let generation = wait_rolled(&deployments, &wanted, Duration::from_secs(30)).await;
-        assert_eq!(generation, created_generation + rolled, "one template change per set");
-        assert_eq!(
-            operator.counter("assumed_role_operator_rollouts_total", None).await,
-            rolled as u64,
-            "one rollout per set"
+        wait_all_rolled(&client, &ns.name, &created, &format!("reader={expires}"), rolled).await;
+        for kind in WORKLOADS {
+            assert_eq!(
+                operator
+                    .counter("assumed_role_operator_rollouts_total", Some(&rollouts(kind)))
+                    .await,
+                rolled as u64,
+                "{kind}: one rollout per set"
+            );
+        }
+    }
+    for kind in WORKLOADS {
+        let (_, plain) = template_state(&client, &ns.name, kind, "plain").await;
+        assert_eq!(plain, None, "a {kind} that is not annotated is never rolled out");
+    }
+    let events: Value = serde_json::from_str(&events_json(&ns.name)).expect("the Events as JSON");
+    let rolled_out: Vec<(&str, &str)> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "CredentialsRollout")
+        .filter_map(|e| Some((e["regarding"]["kind"].as_str()?, e["regarding"]["name"].as_str()?)))
+        .collect();
+    for kind in WORKLOADS {
+        assert!(
+            rolled_out.contains(&(kind, "reads-once")),
+            "no rollout Event on the {kind}: {rolled_out:?}"
+        );
+        assert!(
+            !rolled_out.contains(&(kind, "plain")),
+            "a rollout Event on the plain {kind}"
         );
     }
-    let (_, plain) = template_state(&deployments, "plain").await;
-    assert_eq!(plain, None, "a workload that is not annotated is never rolled out");
-    let events = events_json(&ns.name);
-    assert!(
-        events.contains("CredentialsRollout") && events.contains("reads-once"),
-        "no rollout Event: {events}"
-    );
 
     // A restarted operator rolls out nothing for sets already rolled out:
     // the next set is the only change.
@@ -570,10 +604,12 @@ async fn an_annotated_workload_is_rolled_out_once_per_new_set_and_others_never()
     let restarted = release.operator(&service_account(&release), dir.path());
     restarted.wait_ready().await;
     let expires = rotate(&roles, &ns.name, 3600).await;
-    let wanted = format!("reader={expires}");
-    let generation = wait_rolled(&deployments, &wanted, Duration::from_secs(60)).await;
-    assert_eq!(generation, created_generation + 4);
-    assert_eq!(restarted.counter("assumed_role_operator_rollouts_total", None).await, 1);
+    wait_all_rolled(&client, &ns.name, &created, &format!("reader={expires}"), 4).await;
+    assert_eq!(
+        restarted.counter("assumed_role_operator_rollouts_total", None).await,
+        3,
+        "one per workload"
+    );
     let log = restarted.output();
     assert!(!log.contains("is forbidden: User"), "RBAC refused something:\n{log}");
 }
