@@ -91,7 +91,8 @@ pub const RESERVED_PREFIX: &str = "sts.refresh.dev/";
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expirationTime"}"#,
     printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.refreshTime"}"#,
     printcolumn = r#"{"name":"Pull Secret","type":"string","priority":1,"jsonPath":".status.imagePullSecret.reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("!has(self.spec.imagePullSecret) || self.spec.imagePullSecret.name != (has(self.spec.secret) && has(self.spec.secret.name) ? self.spec.secret.name : self.metadata.name)").message("spec.imagePullSecret.name must not be the credentials Secret's name (spec.secret.name, or the AssumedRole's name when that is unset): give the image pull Secret a name of its own")
 )]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.refreshBefore) && has(self.refreshBeforePercentage))").message("spec.refreshBefore and spec.refreshBeforePercentage are mutually exclusive: set one of them"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.transitiveTagKeys) || self.transitiveTagKeys.all(k, has(self.tags) && k in self.tags)").message("spec.transitiveTagKeys: every key must also be a key of spec.tags"))]
@@ -1110,6 +1111,40 @@ mod tests {
             serde_json::from_value(json!({"roleArn": written["roleArn"], "secret": {"labels": {}}, "source": {}}))
                 .expect("a spec");
         assert!(spelled.secret.0.is_none() && spelled.source.0.is_none());
+    }
+
+    #[test]
+    fn an_image_pull_secret_takes_a_name_of_its_own() {
+        let registries = json!([{"account": "123456789012", "region": "eu-west-1"}]);
+        let role = "arn:aws:iam::123456789012:role/reader";
+        let taken = "spec.imagePullSecret.name must not be the credentials Secret's name";
+        // The AssumedRole the CEL fixture checks is named "x".
+        for (spec, refused) in [
+            (
+                json!({"roleArn": role, "imagePullSecret": {"name": "ecr", "registries": registries}}),
+                false,
+            ),
+            (
+                json!({"roleArn": role, "imagePullSecret": {"name": "x", "registries": registries}}),
+                true,
+            ),
+            (
+                json!({"roleArn": role, "secret": {"name": "creds"}, "imagePullSecret": {"name": "creds", "registries": registries}}),
+                true,
+            ),
+            (
+                json!({"roleArn": role, "secret": {"name": "creds"}, "imagePullSecret": {"name": "x", "registries": registries}}),
+                false,
+            ),
+        ] {
+            let verdict = cel(spec.clone());
+            assert_eq!(
+                verdict.as_ref().err().is_some_and(|e| e.contains(taken)),
+                refused,
+                "{spec}: {verdict:?}"
+            );
+            assert_eq!(verdict.is_err(), refused, "{spec}: {verdict:?}");
+        }
     }
 
     #[test]

@@ -332,15 +332,15 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
     // The image pull Secret, when the spec asks for one (or a status of one
     // is left to clear): after the credentials, with them.
     let asks = ar.spec.image_pull_secret.is_some() || ar.status.as_ref().is_some_and(|s| s.image_pull_secret.is_some());
-    let next = match asks {
-        true => match crate::ecr::step::run(&ar, &ctx, ctx.clock.now()).await {
-            Some(due) => match next {
-                Next::Change => Next::At(due),
-                Next::At(at) => Next::At(at.min(due)),
-            },
-            None => next,
-        },
-        false => next,
+    let ecr_due = if asks {
+        crate::ecr::step::run(&ar, &ctx, ctx.clock.now()).await
+    } else {
+        None
+    };
+    let next = match (next, ecr_due) {
+        (next, None) => next,
+        (Next::Change, Some(due)) => Next::At(due),
+        (Next::At(at), Some(due)) => Next::At(at.min(due)),
     };
     let at = match next {
         Next::Change => None,

@@ -82,7 +82,7 @@ pub fn render(ar: &AssumedRole, spec: &ImagePullSecret, tokens: &[Token], issued
         })
         .collect();
     let config = serde_json::json!({ "auths": auths }).to_string();
-    let expires = tokens.iter().map(|t| t.expires).min().unwrap_or(issued);
+    let expires = expiry(tokens, issued);
     let mut secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(spec.name.clone()),
@@ -115,6 +115,18 @@ pub fn render(ar: &AssumedRole, spec: &ImagePullSecret, tokens: &[Token], issued
     secret
 }
 
+/// When the first of `tokens`, given at `issued`, expires.
+pub fn expiry(tokens: &[Token], issued: Timestamp) -> Timestamp {
+    tokens.iter().map(|t| t.expires).min().unwrap_or(issued)
+}
+
+/// When tokens given at `issued` and expiring at `expires` are due again,
+/// for the AssumedRole of UID `uid`: the credentials' rule.
+pub fn refresh_at(uid: &str, issued: Timestamp, expires: Timestamp) -> Timestamp {
+    let seed = schedule::jitter_seed(uid, issued);
+    schedule::refresh_time(issued, expires, crate::api::RefreshBefore::Default, seed).at
+}
+
 /// What the image pull Secret of that name is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
@@ -138,13 +150,7 @@ pub fn observe(secret: Option<&Secret>, uid: &str) -> Observed {
     let Some(secret) = secret else {
         return Observed::Missing;
     };
-    let owned = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == uid && o.controller == Some(true));
-    if !owned {
+    if crate::secret::controller_uid(secret) != Some(uid) {
         return Observed::Foreign;
     }
     let annotation = |key: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
@@ -189,14 +195,13 @@ pub fn decide(ar: &AssumedRole, spec: &ImagePullSecret, observed: &Observed, now
             if registries.as_deref() != Some(registries_hash(spec).as_str()) {
                 return Decision::Write { urgent: true };
             }
-            let seed = schedule::jitter_seed(&ar.uid().unwrap_or_default(), *issued);
-            let refresh = schedule::refresh_time(*issued, *expires, crate::api::RefreshBefore::Default, seed);
-            if now >= refresh.at {
+            let refresh = refresh_at(&ar.uid().unwrap_or_default(), *issued, *expires);
+            if now >= refresh {
                 Decision::Write {
                     urgent: expires.duration_since(now) <= schedule::FLOOR,
                 }
             } else {
-                Decision::Wait(refresh.at)
+                Decision::Wait(refresh)
             }
         }
     }

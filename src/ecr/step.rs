@@ -95,17 +95,13 @@ pub async fn run(ar: &AssumedRole, ctx: &Context, now: Timestamp) -> Option<Time
     for (region, registries) in super::by_region(spec) {
         let started = Instant::now();
         let answer = ecr.tokens(&credentials, &region, &registries).await;
-        let result = match &answer {
-            Ok(_) => "success",
-            Err(e) => reason_of(e),
-        };
+        let result = answer.as_ref().map_or_else(reason_of, |_| "success");
         ctx.metrics.ecr_call(result, started.elapsed());
         match answer {
             Ok(given) => tokens.extend(given),
             Err(e) => {
-                let reason = reason_of(&e);
                 let message = format!("ECR GetAuthorizationToken in {region}: {e}; the Secret is left as it is");
-                return report(ar, ctx, now, Err((reason, message))).await;
+                return report(ar, ctx, now, Err((result, message))).await;
             }
         }
     }
@@ -116,7 +112,7 @@ pub async fn run(ar: &AssumedRole, ctx: &Context, now: Timestamp) -> Option<Time
         let message = format!("applying Secret {}: {}", spec.name, crate::api_message(&e));
         return report(ar, ctx, now, Err(("ApplySecret", message))).await;
     }
-    let expires = tokens.iter().map(|t| t.expires).min().unwrap_or(issued);
+    let expires = super::expiry(&tokens, issued);
     info!(
         name = %ar.name_any(),
         namespace = %namespace,
@@ -125,8 +121,7 @@ pub async fn run(ar: &AssumedRole, ctx: &Context, now: Timestamp) -> Option<Time
         expires = %expires,
         "wrote the image pull Secret"
     );
-    let seed = schedule::jitter_seed(&uid, issued);
-    let refresh = schedule::refresh_time(issued, expires, crate::api::RefreshBefore::Default, seed).at;
+    let refresh = super::refresh_at(&uid, issued, expires);
     report(ar, ctx, now, Ok((Some(issued), Some(expires), refresh))).await;
     Some(refresh)
 }
@@ -258,11 +253,14 @@ async fn clear_status(ar: &AssumedRole, ctx: &Context) {
         "kind": AssumedRole::kind(&()),
         "status": {},
     });
-    let _ = api
+    if let Err(e) = api
         .patch_status(
             &ar.name_any(),
             &PatchParams::apply(STATUS_MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await;
+        .await
+    {
+        warn!(name = %ar.name_any(), error = %crate::api_message(&e), "could not clear status.imagePullSecret");
+    }
 }

@@ -97,14 +97,24 @@ async fn deleting_the_assumed_role_garbage_collects_its_secret() {
 
 #[tokio::test]
 #[ignore = "needs the local control plane; run with `make test`"]
-async fn kubectl_apply_rejects_a_bad_role_arn_and_a_short_duration_naming_the_field() {
+async fn kubectl_apply_rejects_a_bad_role_arn_duration_or_image_pull_secret_naming_the_field() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "admission").await;
+    let role = "roleArn: arn:aws:iam::123456789012:role/r";
+    let registry = "registries: [{account: '123456789012', region: eu-west-1}]";
+    let taken = "spec.imagePullSecret.name must not be the credentials Secret's name";
     let cases = [
-        ("roleArn: arn:aws:iam::123:user/someone", "spec.roleArn"),
+        ("roleArn: arn:aws:iam::123:user/someone".to_string(), "spec.roleArn"),
+        (format!("{role}\n  durationSeconds: 100"), "spec.durationSeconds"),
+        // The AssumedRole's name, which names its credentials Secret.
+        (format!("{role}\n  imagePullSecret: {{name: bad, {registry}}}"), taken),
         (
-            "roleArn: arn:aws:iam::123456789012:role/r\n  durationSeconds: 100",
-            "spec.durationSeconds",
+            format!("{role}\n  secret: {{name: creds}}\n  imagePullSecret: {{name: creds, {registry}}}"),
+            taken,
+        ),
+        (
+            format!("{role}\n  imagePullSecret: {{name: ecr, registries: [{{account: '123', region: eu-west-1}}]}}"),
+            "spec.imagePullSecret.registries[].account",
         ),
     ];
     for (spec, field) in cases {
