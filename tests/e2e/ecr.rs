@@ -42,6 +42,23 @@ fn pull_status(ar: &assumed_role_operator::api::AssumedRole) -> Option<(String, 
     Some((s.ready.clone(), s.reason.clone()))
 }
 
+/// Waits until the AssumedRole `name`'s `status.imagePullSecret` has
+/// `reason`.
+async fn wait_pull_reason(
+    roles: &kube::Api<assumed_role_operator::api::AssumedRole>,
+    name: &str,
+    reason: &str,
+) -> assumed_role_operator::api::AssumedRole {
+    wait_for(
+        roles,
+        name,
+        Duration::from_secs(30),
+        &format!("{reason} in status.imagePullSecret"),
+        |a: Option<&assumed_role_operator::api::AssumedRole>| a.and_then(pull_status).is_some_and(|(_, r)| r == reason),
+    )
+    .await
+}
+
 fn registries(accounts: &[(&str, &str)]) -> String {
     let list: Vec<String> = accounts
         .iter()
@@ -103,17 +120,8 @@ async fn an_image_pull_secret_holds_each_registrys_pair_refreshes_before_expiry_
         assert!(!password.is_empty(), "{host}");
         assert_eq!(auth, &format!("AWS:{password}"), "{host}");
     }
-    let ar = wait_for(
-        &scene.roles,
-        "puller",
-        Duration::from_secs(30),
-        "status.imagePullSecret",
-        |a: Option<&assumed_role_operator::api::AssumedRole>| {
-            a.and_then(pull_status)
-                .is_some_and(|(ready, reason)| ready == "True" && reason == "TokenReady")
-        },
-    )
-    .await;
+    let ar = wait_pull_reason(&scene.roles, "puller", "TokenReady").await;
+    assert_eq!(pull_status(&ar).map(|(ready, _)| ready).as_deref(), Some("True"));
     // The status tells the expiry of the tokens the Secret holds.
     let expires = ar.status.unwrap().image_pull_secret.unwrap().expiration_time.unwrap().0;
     assert_eq!(
@@ -130,17 +138,7 @@ async fn an_image_pull_secret_holds_each_registrys_pair_refreshes_before_expiry_
         "other",
         &registries(&first[..1]).replace("name: puller-ecr", "name: theirs"),
     ));
-    wait_for(
-        &scene.roles,
-        "other",
-        Duration::from_secs(30),
-        "the conflict in status",
-        |a: Option<&assumed_role_operator::api::AssumedRole>| {
-            a.and_then(pull_status)
-                .is_some_and(|(_, reason)| reason == "SecretConflict")
-        },
-    )
-    .await;
+    wait_pull_reason(&scene.roles, "other", "SecretConflict").await;
     let theirs = scene.secrets.get("theirs").await.expect("their Secret");
     assert!(theirs.metadata.owner_references.is_none() && theirs.type_.as_deref() == Some("Opaque"));
     assert_eq!(data(&theirs).get("note").map(String::as_str), Some("mine"));
@@ -155,17 +153,9 @@ async fn an_image_pull_secret_holds_each_registrys_pair_refreshes_before_expiry_
     let mut more = first.to_vec();
     more.push((account.as_str(), "eu-central-1"));
     apply(&assumed_role(&ns, "puller", &registries(&more)));
-    wait_for(
-        &scene.roles,
-        "puller",
-        Duration::from_secs(30),
-        "the ECR failure in status",
-        |a: Option<&assumed_role_operator::api::AssumedRole>| {
-            a.and_then(pull_status)
-                .is_some_and(|(_, reason)| reason == "ECRUnavailable")
-        },
-    )
-    .await;
+    let failing = wait_pull_reason(&scene.roles, "puller", "ECRUnavailable").await;
+    // Its tokens have not expired: still Ready, as pods can still pull.
+    assert_eq!(pull_status(&failing).map(|(ready, _)| ready).as_deref(), Some("True"));
     let during = scene.secrets.get("puller-ecr").await.expect("the Secret");
     assert_eq!(during.data, secret.data, "an ECR outage never touches the Secret");
     let failed = scene
