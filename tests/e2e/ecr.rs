@@ -208,6 +208,19 @@ async fn an_image_pull_secret_holds_each_registrys_pair_refreshes_before_expiry_
         "renewed at {renewed_at}, after its token expired at {previous}"
     );
 
+    // Every token ECR gave is a successful call in the operator's metric.
+    let given = standin.report().await["ecr"]
+        .as_u64()
+        .expect("the stand-in's ECR count");
+    let counted = scene
+        .operator
+        .counter(
+            "assumed_role_operator_ecr_authorization_token_calls_total",
+            Some("success"),
+        )
+        .await;
+    assert_eq!(counted, given, "ECR calls the metric counts against tokens ECR gave");
+
     // No password in the operator's log.
     let log = scene.operator.output();
     for (_, (_, password, _)) in auths(&renewed) {
